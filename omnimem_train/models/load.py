@@ -1,0 +1,134 @@
+"""Load a model directory (or a built-in) into the right adapter.
+
+The directory's `config.json` is read and checked before any weight is touched; tokenizer and
+processor settings come from the same directory with `local_files_only=True` (no hub access).
+`trust_remote_code` stays off unless the caller passes it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from omnimem_train.errors import ModelError
+from omnimem_train.models.base import ModelAdapter
+from omnimem_train.models.builtin import resolve_builtin
+
+OMNI_TYPES = ("qwen2_5_omni_thinker", "qwen2_5_omni")
+TEXT_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3", "olmo2")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device={device}: CUDA is not available on this machine (use device=cpu or auto)")
+    return torch.device(device)
+
+
+def load_adapter(model_name_or_path: str, dtype: str = "float32", device: str = "auto",
+                 attn_implementation: str = "sdpa", trust_remote_code: bool = False) -> ModelAdapter:
+    """A ready (eval-mode) adapter for `model_name_or_path`: `builtin:<name>`, a local checkpoint
+    directory, or a hub id already in the local HF cache."""
+    gguf = None
+    if model_name_or_path.startswith("builtin:"):
+        path, gguf = resolve_builtin(model_name_or_path.split(":", 1)[1])
+        source = str(path)
+    else:
+        path = Path(model_name_or_path).expanduser()
+        source = model_name_or_path
+        if not path.exists() and not _HUB_ID.match(model_name_or_path):
+            raise ModelError(f"{model_name_or_path}: model directory not found")
+        if path.exists() and not path.is_dir():
+            raise ModelError(f"{model_name_or_path}: not a directory (expected a model checkpoint folder)")
+        if path.is_dir() and not (path / "config.json").exists() and gguf is None:
+            raise ModelError(f"{model_name_or_path}: no config.json in this directory (not a model checkpoint)")
+    model_type = "llama" if gguf else _read_model_type(path) if path.is_dir() else None
+    kw = dict(dtype=DTYPES[dtype], attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+    dev = resolve_device(device)
+    try:
+        if model_type in OMNI_TYPES:
+            adapter = _load_omni(source, model_type, kw)
+        elif gguf:
+            adapter = _load_text(source, dict(kw, gguf_file=gguf), name=model_name_or_path)
+        elif model_type in TEXT_TYPES or (model_type is None) or trust_remote_code:
+            adapter = _load_text(source, kw, name=model_name_or_path)
+        else:
+            raise ModelError(
+                f"{path / 'config.json'}: model_type {model_type!r} is not supported; "
+                f"supported: {', '.join(OMNI_TYPES + TEXT_TYPES)}"
+            )
+    except ModelError:
+        raise
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"{model_name_or_path}: cannot load model ({_first_line(e)})") from e
+    adapter.model.to(dev).eval()
+    adapter.source = model_name_or_path
+    return adapter
+
+
+def _read_model_type(path: Path) -> str:
+    cfg_file = path / "config.json"
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelError(f"{cfg_file}: unreadable config ({_first_line(e)})") from e
+    if not isinstance(cfg, dict) or "model_type" not in cfg:
+        raise ModelError(f"{cfg_file}: no 'model_type' field")
+    return cfg["model_type"]
+
+
+def _load_omni(source: str, model_type: str, kw: dict) -> ModelAdapter:
+    from transformers import (
+        AutoTokenizer,
+        Qwen2_5OmniForConditionalGeneration,
+        Qwen2_5OmniThinkerForConditionalGeneration,
+    )
+
+    from omnimem_train.models.qwen2_5_omni import CLIP_MEAN, CLIP_STD, Qwen2_5OmniAdapter
+
+    if model_type == "qwen2_5_omni":  # full model (thinker + talker + token2wav): keep only the thinker
+        thinker = Qwen2_5OmniForConditionalGeneration.from_pretrained(
+            source, enable_audio_output=False, local_files_only=True, **kw).thinker
+    else:
+        thinker = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(source, local_files_only=True, **kw)
+    tok = AutoTokenizer.from_pretrained(source, local_files_only=True, trust_remote_code=kw["trust_remote_code"])
+    pre = _preprocessor_config(source)
+    adapter = Qwen2_5OmniAdapter(thinker, tok, pre.get("image_mean", CLIP_MEAN), pre.get("image_std", CLIP_STD),
+                                 name=source)
+    adapter.model_dir = source
+    return adapter
+
+
+def _load_text(source: str, kw: dict, name: str) -> ModelAdapter:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from omnimem_train.models.text_lm import TextLMAdapter
+
+    gguf = kw.get("gguf_file")
+    model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, **kw)
+    tok = AutoTokenizer.from_pretrained(source, local_files_only=True, gguf_file=gguf,
+                                        trust_remote_code=kw["trust_remote_code"])
+    adapter = TextLMAdapter(model, tok, name=name)
+    adapter.model_dir = source
+    return adapter
+
+
+def _preprocessor_config(source: str) -> dict:
+    f = Path(source) / "preprocessor_config.json"
+    if not f.exists():
+        return {}
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{f}: invalid JSON ({_first_line(e)})") from e
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__

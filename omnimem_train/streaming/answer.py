@@ -1,0 +1,50 @@
+"""After the stream: run the question over each layer's memory, then decode or score options.
+
+Decoding passes every new token's *explicit* position (`state.next_pos`): after eviction the
+memory is shorter than the stream, so a position derived from the cache length would be wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from omnimem_train.streaming.engine import StreamingEngine, StreamState
+
+
+@torch.no_grad()
+def generate(engine: StreamingEngine, state: StreamState, question_ids: list[int], max_new_tokens: int,
+             eos_ids: list[int], on_token: Callable[[int], None] | None = None) -> list[int]:
+    """Greedy decoding. The question and the generated tokens are committed to `state`."""
+    ad = engine.adapter
+    logits = engine.forward(state, ad.text_piece(question_ids, state.next_pos), want_logits="last")
+    out: list[int] = []
+    for _ in range(max_new_tokens):
+        tok = int(logits.argmax())
+        if tok in eos_ids:
+            break
+        out.append(tok)
+        if on_token is not None:
+            on_token(tok)
+        logits = engine.forward(state, ad.text_piece([tok], state.next_pos), want_logits="last")
+    return out
+
+
+@torch.no_grad()
+def score_options(engine: StreamingEngine, state: StreamState, question_ids: list[int],
+                  options_ids: list[list[int]]) -> list[float]:
+    """Total log-likelihood of each option's tokens after the question (memory left unchanged
+    by the options: each is scored as an uncommitted continuation)."""
+    ad = engine.adapter
+    q_logits = engine.forward(state, ad.text_piece(question_ids, state.next_pos), want_logits="last")
+    first = torch.log_softmax(q_logits.float(), -1)
+    scores = []
+    for ids in options_ids:
+        ll = float(first[ids[0]])
+        if len(ids) > 1:
+            logits = engine.forward(state, ad.text_piece(ids[:-1], state.next_pos), commit=False, want_logits="all")
+            logp = torch.log_softmax(logits.float(), -1)
+            ll += float(logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].sum())
+        scores.append(ll)
+    return scores

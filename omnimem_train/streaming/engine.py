@@ -1,0 +1,141 @@
+"""Group-wise streaming prefill with per-layer memory (METHOD.md §2).
+
+For each group of stream tokens and at every decoder layer l, the group attends to
+[memory of layer l ; group] (all memory precedes the group in time, so the mask is "see all
+memory, causal inside the group"), then the memory policy keeps a subset of that concatenation
+as layer l's new memory. Layers therefore hold different tokens and different counts, which is
+why the engine drives the decoder layers itself instead of calling `model.forward` with one
+shared cache. Retained keys keep the RoPE of their original positions; nothing is re-indexed.
+
+The same loop serves the question, option scoring and token-by-token decoding (groups that are
+never evicted), and — run with gradients — training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+from omnimem_train.memory.layer_memory import LayerMemory
+from omnimem_train.memory.policy import MemoryPolicy
+from omnimem_train.memory.report import MemoryReport, memory_report
+from omnimem_train.models.base import ModelAdapter, StreamPiece
+from omnimem_train.streaming.grouping import iter_groups
+
+
+class _GroupKV:
+    """The one-layer stand-in for a transformers `Cache` that a decoder layer's attention calls:
+    `update` prepends the layer's memory and records the group's own (RoPE'd) keys/values."""
+
+    def __init__(self, memory: LayerMemory | None):
+        self.memory = memory
+        self.new_keys = self.new_values = None
+
+    def update(self, key_states, value_states, layer_idx=None, *args, **kwargs):
+        self.new_keys, self.new_values = key_states, value_states
+        if self.memory is None or self.memory.n == 0:
+            return key_states, value_states
+        return (torch.cat([self.memory.keys, key_states], dim=2), torch.cat([self.memory.values, value_states], dim=2))
+
+
+def group_mask(n_mem: int, n_new: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """(1, 1, n_new, n_mem + n_new) additive mask: every memory slot visible, causal in the group."""
+    mask = torch.zeros(1, 1, n_new, n_mem + n_new, dtype=dtype, device=device)
+    causal = torch.ones(n_new, n_new, dtype=torch.bool, device=device).triu(1)
+    mask[0, 0, :, n_mem:].masked_fill_(causal, torch.finfo(dtype).min)
+    return mask
+
+
+@dataclass
+class StreamState:
+    """Everything a stream has left behind: one memory per layer and the position bookkeeping."""
+
+    layers: list[LayerMemory | None]
+    tokens_seen: int = 0  # stream tokens processed so far (the next token's stream index)
+    next_pos: int = 0  # rotary position where following text continues
+    groups: int = 0
+    log: list[dict] = field(default_factory=list)
+
+    def report(self) -> MemoryReport:
+        return memory_report([m for m in self.layers if m is not None], self.tokens_seen)
+
+
+class StreamingEngine:
+    """Drives a model adapter's decoder layers group by group under a memory policy."""
+
+    def __init__(self, adapter: ModelAdapter, policy: MemoryPolicy, group_size: int | None = 1024,
+                 group_seconds: float | None = None):
+        if group_size is None and group_seconds is None:
+            raise ValueError("one of group_size / group_seconds must be set")
+        self.adapter, self.policy = adapter, policy
+        self.group_size, self.group_seconds = group_size, group_seconds
+
+    def new_state(self) -> StreamState:
+        return StreamState(layers=[None] * len(self.adapter.decoder_layers))
+
+    def prefill(
+        self,
+        pieces: Iterable[StreamPiece],
+        state: StreamState | None = None,
+        on_group: Callable[[StreamState, int], None] | None = None,
+        collect_logits: bool = False,
+    ) -> tuple[StreamState, torch.Tensor | None]:
+        """Stream `pieces` in groups with eviction after every layer.
+
+        Returns the state and, if `collect_logits`, the (N, vocab) logits of every stream token
+        (only meaningful for checks: a real stream never materialises them).
+        """
+        state = state or self.new_state()
+        logits = []
+        for group in iter_groups(pieces, self.group_size, self.group_seconds):
+            out = self.forward(state, group, evict=True, want_logits="all" if collect_logits else "none")
+            if collect_logits:
+                logits.append(out)
+            if on_group is not None:
+                on_group(state, len(group))
+        return state, (torch.cat(logits) if collect_logits and logits else None)
+
+    def forward(self, state: StreamState, piece: StreamPiece, *, evict: bool = False, commit: bool = True,
+                want_logits: str = "none") -> torch.Tensor | None:
+        """Run one group through every layer.
+
+        piece: L tokens. evict: apply the policy after each layer. commit: store the result in
+        `state` (False: score a continuation without changing memory). want_logits: "none",
+        "last" -> (vocab,), or "all" -> (L, vocab).
+        """
+        ad = self.adapter
+        x = piece.embeds.to(ad.device, ad.dtype).unsqueeze(0)  # (1, L, D)
+        n = x.shape[1]
+        cos_sin = ad.rotary(x, piece.positions.to(ad.device))
+        new_tokens = dict(
+            positions=piece.positions.to(ad.device),
+            modality=piece.modality.to(ad.device),
+            index=torch.arange(state.tokens_seen, state.tokens_seen + n, device=ad.device),
+        )
+        layers = []
+        for i, layer in enumerate(ad.decoder_layers):
+            mem = state.layers[i]
+            kv = _GroupKV(mem)
+            mask = group_mask(0 if mem is None else mem.n, n, x.dtype, x.device)
+            x = layer(x, attention_mask=mask, position_embeddings=cos_sin, cache=kv)
+            cand = LayerMemory(kv.new_keys, kv.new_values, **new_tokens)
+            cand = cand if mem is None else mem.append(cand)
+            if evict:
+                keep = self.policy.select(i, cand, n)
+                if keep is not None:
+                    cand = cand.take(keep)
+            layers.append(cand)
+        if commit:
+            state.layers = layers
+            state.tokens_seen += n
+            # Text continues after the *last* token's position (as get_rope_index does), which
+            # can be below the stream's max (a video patch later in time than the final audio).
+            state.next_pos = int(piece.positions[:, -1].max()) + 1
+            state.groups += 1
+        if want_logits == "none":
+            return None
+        h = x[0, -1:] if want_logits == "last" else x[0]
+        out = ad.lm_head(ad.final_norm(h))
+        return out[0] if want_logits == "last" else out

@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny random-weight models of the real architecture classes, built in-process."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_omni():
+    """Qwen2_5OmniThinkerForConditionalGeneration (4 text layers, hidden 64) wrapped in its adapter."""
+    from omnimem_train.models.builtin import build_tiny_model
+    from omnimem_train.models.qwen2_5_omni import Qwen2_5OmniAdapter
+
+    model, tok = build_tiny_model("tiny-omni")
+    return Qwen2_5OmniAdapter(model, tok)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """LlamaForCausalLM (4 layers, hidden 64) wrapped in the text-LM adapter."""
+    from omnimem_train.models.builtin import build_tiny_model
+    from omnimem_train.models.text_lm import TextLMAdapter
+
+    model, tok = build_tiny_model("tiny-llama")
+    return TextLMAdapter(model, tok)
