@@ -1,0 +1,338 @@
+"""Load a typed config: dataclass defaults -> recipe YAML -> `key=value` overrides, merged once.
+
+    from omnimem_train.config import load_config, save_config
+
+    cfg = load_config("recipes/infer/tiny_omni.yaml", ["memory.budget=512", "device=cpu"])
+    cfg.memory.budget        # 512 (int, checked by the schema)
+    save_config(cfg, cfg.output_dir)   # writes <output_dir>/config.yaml, loadable as a recipe
+
+The same merge from the command line:
+
+    omnimem-train infer recipes/infer/tiny_omni.yaml memory.budget=512 device=cpu
+
+Every problem with the input raises `ConfigError` with a one-line message that names where the
+value came from (the recipe file or the override) and the dotted key, e.g.
+`recipes/x.yaml: unknown key 'memory.polcy' (did you mean 'memory.policy'?)` or
+`override 'memory.budget=abc': key 'memory.budget': expected int or null, got 'abc'`.
+"""
+
+import dataclasses
+import difflib
+import io
+import os
+import tempfile
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
+
+from omnimem_train.config.schema import Config, FieldValueError
+from omnimem_train.errors import ConfigError
+
+CONFIG_FILENAME = "config.yaml"
+_SAVED_HEADER = "# Fully resolved config saved by omnimem-train; reuse it as a recipe to repeat the run.\n"
+
+# (where the values came from, the dotted keys they set), in merge order
+_Layer = tuple[str, set[str]]
+
+
+def load_config(
+    recipe: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    schema: type = Config,
+) -> Any:
+    """Merge `schema`'s defaults, the `recipe` YAML (if any) and `overrides` (`"memory.budget=512"`),
+    validate, and return a `schema` instance. Raises `ConfigError` (one line) on bad input."""
+    if isinstance(overrides, str):
+        raise TypeError("overrides must be a sequence of 'key=value' strings, not one string")
+    if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)):
+        raise TypeError(f"schema must be a dataclass type, got {schema!r}")
+
+    cfg = OmegaConf.structured(schema)
+    layers: list[_Layer] = []
+    if recipe is not None:
+        source = str(recipe)
+        data = _read_recipe(Path(recipe), source)
+        cfg = _merge(cfg, data, schema, source)
+        layers.append((source, _dotted_keys(data)))
+    for item in overrides:
+        source = f"override {item!r}"
+        data = _parse_override(item, source, schema)
+        cfg = _merge(cfg, data, schema, source)
+        layers.append((source, _dotted_keys(data)))
+    return _to_object(cfg, "", layers, schema)
+
+
+def save_config(cfg: Any, run_dir: str | Path) -> Path:
+    """Write the fully resolved `cfg` to `run_dir/config.yaml` (atomically, creating `run_dir`)."""
+    _require_instance(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / CONFIG_FILENAME
+    text = _SAVED_HEADER + OmegaConf.to_yaml(OmegaConf.structured(cfg), resolve=True)
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".config.", suffix=".yaml.tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain nested dicts (YAML/JSON-ready), e.g. for a checkpoint sidecar."""
+    _require_instance(cfg)
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
+
+
+def config_keys(schema: type = Config) -> dict[str, str]:
+    """Every settable dotted key of `schema` (leaves only) mapped to its help text."""
+    return {path: help_ for path, help_, is_section in _walk_schema(schema, "") if not is_section}
+
+
+# ---------------------------------------------------------------------------------------------
+# reading the sources
+
+
+def _read_recipe(path: Path, source: str) -> dict[str, Any]:
+    if not path.exists():
+        where = "" if path.is_absolute() else f" (looked for {path.resolve()})"
+        raise ConfigError(f"{source}: recipe file not found{where}")
+    if not path.is_file():
+        raise ConfigError(f"{source}: recipe is not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read recipe: {_first_line(exc)}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)  # syntax and top-level shape only
+        if node is None:
+            return {}  # an empty recipe keeps every default
+        if not isinstance(node, yaml.MappingNode):
+            kind = "a list" if isinstance(node, yaml.SequenceNode) else "a single value"
+            raise ConfigError(f"{source}: expected a mapping of config keys at the top level, got {kind}")
+        loaded = OmegaConf.load(io.StringIO(text))  # OmegaConf's loader: 1e-4 is a float, no duplicate keys
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: {_yaml_problem(exc)}") from None
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{source}: {_first_line(exc)}") from None
+    return OmegaConf.to_container(loaded, resolve=False)
+
+
+def _parse_override(item: Any, source: str, schema: type) -> dict[str, Any]:
+    if not isinstance(item, str) or "=" not in item:
+        raise ConfigError(f"{source}: expected key=value, e.g. memory.budget=512")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"{source}: missing key before '='")
+    tp = _type_at(schema, key)
+    if _is_str_type(tp):  # keep the text as typed: media.audio=off must not become False
+        value = None if raw in ("null", "~") and _is_optional(tp) else raw
+        data: dict[str, Any] = {}
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+        return data
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist([item]), resolve=False)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: cannot parse the value: {_yaml_problem(exc, where=False)}") from None
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{source}: {_first_line(exc)}") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError, where: bool = True) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or _first_line(exc)
+    if mark is not None and where:
+        return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return f"invalid YAML: {problem}"
+
+
+# ---------------------------------------------------------------------------------------------
+# merging and checking
+
+
+def _merge(cfg: DictConfig, data: dict[str, Any], schema: type, source: str) -> DictConfig:
+    _check_keys(data, schema, "", source, schema)
+    try:
+        return OmegaConf.merge(cfg, data)
+    except ConfigKeyError as exc:  # _check_keys normally catches these first
+        key = exc.full_key or exc.key
+        raise ConfigError(f"{source}: unknown key '{key}'{_suggestion(str(key), schema)}") from None
+    except ValidationError as exc:
+        if not exc.full_key:
+            raise ConfigError(f"{source}: {_first_line(exc)}") from None
+        expected = _describe(_type_at(schema, exc.full_key))
+        raise ConfigError(f"{source}: key '{exc.full_key}': expected {expected}, got {exc.value!r}") from None
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{source}: {_first_line(exc)}") from None
+
+
+def _check_keys(data: dict[str, Any], schema: type, prefix: str, source: str, root: type) -> None:
+    """Unknown keys and scalars given for a whole section, with the full dotted path."""
+    names = {f.name for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{source}: unknown key '{path}'{_suggestion(path, root)}")
+        section = _dataclass_in(hints[key])
+        if section is None:
+            if isinstance(value, bool) and _is_str_type(hints[key]):  # YAML 1.1: off/no/yes are booleans
+                raise ConfigError(
+                    f"{source}: key '{path}': expected str, got the YAML boolean {value}; "
+                    "quote the value (unquoted off/on/no/yes/false/true are booleans)"
+                )
+            continue
+        if isinstance(value, dict):
+            _check_keys(value, section, f"{path}.", source, root)
+        elif not (value is None or _is_interpolation(value)):
+            raise ConfigError(f"{source}: key '{path}': expected {_describe(hints[key])}, got {value!r}")
+
+
+def _to_object(node: DictConfig, prefix: str, layers: list[_Layer], root: type) -> Any:
+    """`OmegaConf.to_object`, innermost sections first, so a failing check knows its dotted path."""
+    schema = OmegaConf.get_type(node)
+    hints = typing.get_type_hints(schema)
+    try:
+        for f in dataclasses.fields(schema):
+            if _dataclass_in(hints[f.name]) is not None and node[f.name] is not None:
+                _to_object(node[f.name], f"{prefix}{f.name}.", layers, root)
+        return OmegaConf.to_object(node)
+    except FieldValueError as exc:
+        keys = [prefix + exc.name, *(prefix + name for name in exc.related)]
+        raise ConfigError(
+            f"{_source_of(keys, layers, root)}: key '{prefix}{exc.name}': expected {exc.expected}, got {exc.value!r}"
+        ) from None
+    except MissingMandatoryValue as exc:
+        key = exc.full_key or prefix.rstrip(".")
+        source = _source_of([key], layers, root)
+        raise ConfigError(f"{source}: key '{key}': missing value, set it with {key}=...") from None
+    except OmegaConfBaseException as exc:
+        key = exc.full_key or prefix.rstrip(".")
+        where = f"key '{key}': " if key else ""
+        raise ConfigError(f"{_source_of([key], layers, root)}: {where}{_first_line(exc)}") from None
+    except (ValueError, TypeError) as exc:  # a check written without FieldValueError
+        section = prefix.rstrip(".") or "config"
+        raise ConfigError(
+            f"{_source_of([section], layers, root)}: invalid {section}: {_first_line(exc)}"
+        ) from exc
+
+
+def _source_of(keys: list[str], layers: list[_Layer], root: type) -> str:
+    """The last source that set any of `keys` (or a section above them)."""
+    for source, set_keys in reversed(layers):
+        for key in keys:
+            if any(key == s or key.startswith(s + ".") or s.startswith(key + ".") for s in set_keys):
+                return source
+    return layers[-1][0] if layers else f"{root.__name__} defaults"
+
+
+# ---------------------------------------------------------------------------------------------
+# schema introspection
+
+
+def _walk_schema(schema: type, prefix: str):
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        path = f"{prefix}{f.name}"
+        section = _dataclass_in(hints[f.name])
+        yield path, f.metadata.get("help", ""), section is not None
+        if section is not None:
+            yield from _walk_schema(section, f"{path}.")
+
+
+def _suggestion(path: str, root: type) -> str:
+    """` (did you mean 'memory.policy'?)` for the closest known dotted key, else ''."""
+    candidates = [p for p, _, _ in _walk_schema(root, "")]
+    match = difflib.get_close_matches(path, candidates, n=1, cutoff=0.6)
+    if not match:  # compare the last component only: 'polcy' -> 'memory.policy'
+        by_leaf = {c.rsplit(".", 1)[-1]: c for c in candidates}
+        leaf = difflib.get_close_matches(path.rsplit(".", 1)[-1], list(by_leaf), n=1, cutoff=0.75)
+        match = [by_leaf[leaf[0]]] if leaf else []
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _type_at(schema: type, dotted: str) -> Any:
+    tp: Any = schema
+    for part in dotted.split("."):
+        tp = _dataclass_in(tp)
+        if tp is None:
+            return None
+        tp = typing.get_type_hints(tp).get(part)
+    return tp
+
+
+def _dataclass_in(tp: Any) -> type | None:
+    """The dataclass in `tp` (`X`, `X | None`, `Optional[X]`), else None."""
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if isinstance(arg, type) and dataclasses.is_dataclass(arg):
+                return arg
+    return None
+
+
+def _is_optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _is_str_type(tp: Any) -> bool:
+    if _is_optional(tp):
+        return set(typing.get_args(tp)) == {str, type(None)}
+    return tp is str
+
+
+def _describe(tp: Any) -> str:
+    if tp is None:
+        return "a valid value"
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        text = " or ".join(_describe(a) for a in args)
+        return text + " or null" if len(args) < len(typing.get_args(tp)) else text
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return f"a mapping of {tp.__name__} keys"
+    if tp is bool:
+        return "true or false"
+    return getattr(tp, "__name__", str(tp))
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _dotted_keys(data: dict[str, Any], prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            keys |= _dotted_keys(value, f"{path}.")
+        else:
+            keys.add(path)
+    return keys
+
+
+def _is_interpolation(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("${")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _require_instance(cfg: Any) -> None:
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        raise TypeError(f"expected a config dataclass instance, got {type(cfg).__name__}")

@@ -1,0 +1,176 @@
+"""Typed configuration: one dataclass per section, defaults in the field, help in the metadata.
+
+`load.load_config` merges these defaults with a recipe YAML and `key=value` overrides through
+`OmegaConf.structured`, so an unknown key or a wrong type fails at start-up. Each dataclass
+checks its values in `__post_init__` and raises `FieldValueError` (a `ValueError`) naming the
+field and the value; the loader adds the dotted path and the file the value came from.
+
+To add a setting, add a field with a default and `metadata={"help": ...}` to the right section
+(or a new section dataclass plus a `field(default_factory=...)` on `Config`) and, if some values
+are invalid, one check line in that class's `__post_init__`: `_int(self, "lora_rank", ge=1)`,
+`_number(...)`, `_choice(...)`, or `_require(ok, name, value, expected)` for anything else.
+"""
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+DTYPES = ("float32", "bfloat16", "float16")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+AUDIO_MODES = ("auto", "required", "off")
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+class FieldValueError(ValueError):
+    """A field holds an invalid value. `name` is the field (within its dataclass) and `related`
+    the other fields the check compared it with, so a loader can say which source set them."""
+
+    def __init__(self, name: str, value: Any, expected: str, related: tuple[str, ...] = ()):
+        self.name = name
+        self.value = value
+        self.expected = expected
+        self.related = related
+        super().__init__(f"{name}: expected {expected}, got {value!r}")
+
+
+def _require(ok: bool, name: str, value: Any, expected: str, related: tuple[str, ...] = ()) -> None:
+    if not ok:
+        raise FieldValueError(name, value, expected, related)
+
+
+# One-line checks for `__post_init__`: `_int(self, "group_size", ge=1)` reads the field by name.
+
+
+def _int(obj: Any, name: str, ge: int | None = None, optional: bool = False) -> None:
+    value = getattr(obj, name)
+    if optional and value is None:
+        return
+    ok = isinstance(value, int) and not isinstance(value, bool) and (ge is None or value >= ge)
+    expected = "an int" + (f" >= {ge}" if ge is not None else "") + (" or null" if optional else "")
+    _require(ok, name, value, expected)
+
+
+def _number(obj: Any, name: str, gt: float, optional: bool = False) -> None:
+    value = getattr(obj, name)
+    if optional and value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > gt
+    _require(ok, name, value, f"a number > {gt:g}" + (" or null" if optional else ""))
+
+
+def _choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(obj, name)
+    _require(value in choices, name, value, "one of " + " | ".join(choices))
+
+
+def _text(obj: Any, name: str, what: str) -> None:
+    value = getattr(obj, name)
+    _require(isinstance(value, str) and value.strip() != "", name, value, what)
+
+
+def _bool(obj: Any, name: str) -> None:
+    value = getattr(obj, name)
+    _require(isinstance(value, bool), name, value, "true or false")
+
+
+@dataclass
+class MediaConfig:
+    video_fps: float = field(
+        default=2.0,
+        metadata={
+            "help": "frames/s sampled before the vision tower (Qwen2.5-Omni: >= 1, so a "
+            "2-frame temporal patch fits its 2-s chunk)"
+        },
+    )
+    min_pixels: int = field(default=3136, metadata={"help": "min pixels per frame after resizing (56*56)"})
+    max_pixels: int = field(
+        default=50176,
+        metadata={"help": "max pixels per frame after resizing (224*224: long streams stay affordable)"},
+    )
+    audio: str = field(
+        default="auto",
+        metadata={"help": "audio track: auto (use if present) | required (error if missing) | off"},
+    )
+
+    def __post_init__(self) -> None:
+        _number(self, "video_fps", gt=0)
+        _int(self, "min_pixels", ge=1)
+        _int(self, "max_pixels", ge=1)
+        if self.min_pixels > self.max_pixels:
+            expected = f"<= max_pixels ({self.max_pixels})"
+            raise FieldValueError("min_pixels", self.min_pixels, expected, related=("max_pixels",))
+        _choice(self, "audio", AUDIO_MODES)
+
+
+@dataclass
+class MemoryConfig:
+    policy: str = field(
+        default="full",
+        metadata={"help": "memory policy, a name in the memory-policy registry (e.g. full, recent)"},
+    )
+    budget: int | None = field(
+        default=None,
+        metadata={"help": "audio+visual tokens retained per layer (null = unlimited)"},
+    )
+    group_size: int = field(default=1024, metadata={"help": "tokens per streaming group"})
+    group_seconds: float | None = field(
+        default=None,
+        metadata={"help": "if set, a group is this many seconds of media instead of group_size tokens"},
+    )
+
+    def __post_init__(self) -> None:
+        _text(self, "policy", "a memory-policy name")  # the memory registry checks that it exists
+        _int(self, "budget", ge=0, optional=True)
+        _int(self, "group_size", ge=1)
+        _number(self, "group_seconds", gt=0, optional=True)
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = field(default=32, metadata={"help": "maximum tokens generated per answer"})
+    system_prompt: str = field(
+        default="You are a helpful assistant that watches and listens to videos.",
+        metadata={"help": "system message placed before the stream"},
+    )
+
+    def __post_init__(self) -> None:
+        _int(self, "max_new_tokens", ge=1)
+        _require(isinstance(self.system_prompt, str), "system_prompt", self.system_prompt, "a string")
+
+
+@dataclass
+class Config:
+    model_name_or_path: str = field(
+        default="builtin:tiny-omni",
+        metadata={"help": "model directory, hub id, or builtin:<name> (see omnimem_train/models/builtin.py)"},
+    )
+    dtype: str = field(default="float32", metadata={"help": "weights/compute dtype: " + " | ".join(DTYPES)})
+    device: str = field(
+        default="auto", metadata={"help": "auto | cpu | cuda | cuda:N (auto = cuda if available)"}
+    )
+    attn_implementation: str = field(
+        default="sdpa", metadata={"help": "attention kernel: " + " | ".join(ATTN_IMPLEMENTATIONS)}
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "allow model code from the checkpoint folder (only for trusted models)"},
+    )
+    output_dir: str = field(
+        default="checkpoints/infer", metadata={"help": "run folder (resolved config, outputs)"}
+    )
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    media: MediaConfig = field(default_factory=MediaConfig, metadata={"help": "media decoding"})
+    memory: MemoryConfig = field(default_factory=MemoryConfig, metadata={"help": "streaming memory"})
+    generation: GenerationConfig = field(
+        default_factory=GenerationConfig, metadata={"help": "answer generation"}
+    )
+
+    def __post_init__(self) -> None:
+        _text(self, "model_name_or_path", "a model directory, hub id or builtin:<name>")
+        _choice(self, "dtype", DTYPES)
+        device_ok = isinstance(self.device, str) and _DEVICE_RE.fullmatch(self.device) is not None
+        _require(device_ok, "device", self.device, "auto | cpu | cuda | cuda:N")
+        _choice(self, "attn_implementation", ATTN_IMPLEMENTATIONS)
+        _bool(self, "trust_remote_code")
+        _text(self, "output_dir", "a non-empty path")
+        _int(self, "seed")
