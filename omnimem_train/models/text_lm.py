@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 
 from omnimem_train.errors import ModelError
-from omnimem_train.models.base import MediaInput, Modality, ModelAdapter, StreamPiece
+from omnimem_train.models.base import MediaInput, ModelAdapter, StreamPiece
 
 
 class TextLMAdapter(ModelAdapter):
