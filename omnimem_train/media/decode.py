@@ -104,7 +104,7 @@ def probe(path: str | Path) -> MediaInfo:
         audio = container.streams.audio[0] if container.streams.audio else None
         main = video or audio
         if main is None:
-            raise MediaError(f"{path}: no audio or video stream")
+            raise MediaError(f"{path}: no audio or video stream (empty or zero-length media)")
         try:
             frames = container.decode(main)
             first = next(frames, None)

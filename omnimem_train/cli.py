@@ -1,0 +1,163 @@
+"""`omnimem-train` command line.
+
+    omnimem-train infer [RECIPE.yaml] [--model DIR] [--video FILE] [--audio FILE] [--context FILE]
+                        [--question "..."] [--options A B C D] [--budget N] [--policy NAME]
+                        [--group-size N] [key=value ...]
+
+With no --video/--audio/--context, `infer` runs the embedded default: it writes a short
+synthetic clip (real H.264 + AAC mp4) into the run folder and streams it through the model.
+User-input problems print `error: <one line>` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from omnimem_train.errors import OmniMemError
+
+DEFAULT_QUESTION = "What happens in this video?"
+
+
+def _overrides_from_flags(args) -> list[str]:
+    flags = [
+        ("model", "model_name_or_path"), ("budget", "memory.budget"), ("policy", "memory.policy"),
+        ("group_size", "memory.group_size"), ("device", "device"), ("dtype", "dtype"),
+    ]
+    out = [f"{key}={getattr(args, attr)}" for attr, key in flags if getattr(args, attr) is not None]
+    return out + (["trust_remote_code=true"] if args.trust_remote_code else [])
+
+
+def _demo_clip(run_dir: Path) -> str:
+    from data_prep.synthetic import write_clip
+
+    path = run_dir / "demo_clip.mp4"
+    if not path.exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_clip(path, seconds=12.0, width=112, height=112, fps=8)
+    return str(path)
+
+
+def cmd_infer(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from omnimem_train.config import load_config, save_config
+    from omnimem_train.memory.registry import build_policy
+    from omnimem_train.models.load import load_adapter
+    from omnimem_train.streaming.engine import StreamingEngine
+    from omnimem_train.streaming.infer import answer_question
+    from omnimem_train.streaming.inputs import media_input
+
+    cfg = load_config(args.recipe, _overrides_from_flags(args) + args.overrides)
+    run_dir = Path(cfg.output_dir)
+    video, audio, context = args.video, args.audio, args.context
+    if video is None and audio is None and context is None:
+        video = _demo_clip(run_dir)
+        print(f"note: no --video/--audio/--context given; streaming the generated demo clip {video}", file=sys.stderr)
+    policy = build_policy(cfg.memory.policy, budget=cfg.memory.budget)
+    torch.manual_seed(cfg.seed)
+    adapter = load_adapter(cfg.model_name_or_path, cfg.dtype, cfg.device, cfg.attn_implementation,
+                           cfg.trust_remote_code)
+    media, est_tokens = media_input(adapter, cfg.media, video, audio, context)
+    save_config(cfg, run_dir)
+    engine = StreamingEngine(adapter, policy, cfg.memory.group_size, cfg.memory.group_seconds)
+    print(f"Q: {args.question}" + "".join(f"\n   {chr(65 + i)}. {o}" for i, o in enumerate(args.options or [])),
+          flush=True)
+    bar = tqdm(total=est_tokens, unit="tok", desc=f"streaming ({policy.describe()})", file=sys.stderr,
+               dynamic_ncols=True)
+
+    def on_group(state, n):
+        bar.total = max(bar.total, bar.n + n)  # the estimate leaves out prompt text
+        bar.update(n)
+
+    def on_text(text):
+        if not bar.disable:
+            bar.close()
+            bar.disable = True
+            print("A: ", end="")
+        print(text, end="", flush=True)
+
+    try:
+        result = answer_question(engine, media, args.question, args.options, cfg.generation.system_prompt,
+                                 cfg.generation.max_new_tokens, on_group=on_group, on_text=on_text)
+    finally:
+        bar.close()
+    if args.options:
+        scores = ", ".join(f"{chr(65 + i)} {s:.2f}" for i, s in enumerate(result.option_scores))
+        print(f"A: {result.answer}   (log-likelihood: {scores})")
+    else:
+        print("" if bar.disable else "A: (empty answer)")
+    print(result.report.line() + f"; streamed in {result.stream_seconds:.2f} s")
+    out = {"question": args.question, "options": args.options, "video": video, "audio": audio, **result.to_dict()}
+    (run_dir / "infer_result.json").write_text(json.dumps(out, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="omnimem-train", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("infer", help="stream a video/audio (or text-proxy) input under a memory budget and answer")
+    p.add_argument("recipe", nargs="?", help="recipe YAML (default: built-in defaults, tiny model)")
+    p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. memory.group_size=512)")
+    p.add_argument("--model", help="model directory or builtin:<name> (sets model_name_or_path)")
+    p.add_argument("--video", help="video file (its audio track is used unless media.audio=off)")
+    p.add_argument("--audio", help="separate audio file (wav/flac/...); alone: an audio-only stream")
+    p.add_argument("--context", help="text-proxy context file for text-only LMs (lines 'visual:/audio:/text: ...')")
+    p.add_argument("--question", default=DEFAULT_QUESTION)
+    p.add_argument("--options", nargs="+", help="multiple-choice options, scored by log-likelihood")
+    p.add_argument("--budget", type=int, help="retained audio+visual tokens per layer (memory.budget)")
+    p.add_argument("--policy", help="memory policy name (memory.policy)")
+    p.add_argument("--group-size", type=int, help="tokens per streaming group (memory.group_size)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", help="float32 | bfloat16 | float16")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the model dir")
+    p.set_defaults(func=cmd_infer)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    import torch
+
+    if not torch.cuda.is_available():  # DeepSpeed (imported by transformers) would log its CPU fallback
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = one_line
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    args = build_parser().parse_args(argv)
+    # argparse puts key=value words into `overrides` only after the recipe; a recipe-less call
+    # with overrides lands its first override in `recipe`.
+    if args.recipe and "=" in args.recipe and not args.recipe.endswith((".yaml", ".yml")):
+        args.overrides.insert(0, args.recipe)
+        args.recipe = None
+    if getattr(args, "options", None):  # `--options a b key=value`: nargs="+" swallowed an override
+        from omnimem_train.config import config_keys
+
+        keys = config_keys()
+        moved = [o for o in args.options if o.split("=", 1)[0] in keys and "=" in o]
+        args.options = [o for o in args.options if o not in moved]
+        args.overrides += moved
+    try:
+        return args.func(args)
+    except OmniMemError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""One question about one stream: prefill under a memory policy, then answer or score options."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from omnimem_train.memory.report import MemoryReport
+from omnimem_train.models.base import MediaInput
+from omnimem_train.models.prompt import LETTERS, format_question, split_chat_prompt
+from omnimem_train.streaming.answer import generate, score_options
+from omnimem_train.streaming.engine import StreamingEngine, StreamState
+
+
+@dataclass
+class InferResult:
+    answer: str
+    report: MemoryReport  # memory as the stream left it, before the question
+    stream_seconds: float  # wall time of the streaming prefill
+    option_scores: list[float] | None = None
+    choice: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"answer": self.answer, "choice": self.choice, "option_scores": self.option_scores,
+                "stream_seconds": self.stream_seconds, "memory": self.report.to_dict()}
+
+
+@torch.no_grad()
+def answer_question(engine: StreamingEngine, media: MediaInput, question: str, options: list[str] | None = None,
+                    system_prompt: str = "", max_new_tokens: int = 32,
+                    on_group: Callable[[StreamState, int], None] | None = None,
+                    on_text: Callable[[str], None] | None = None) -> InferResult:
+    """Stream `media`, then answer. With `options`, each option's text is scored by log-likelihood
+    and the best letter is the answer; otherwise greedy decoding, streamed through `on_text`."""
+    ad = engine.adapter
+    prefix, q_ids = split_chat_prompt(ad.tokenizer, system_prompt, format_question(question, options))
+    t0 = time.perf_counter()
+    state, _ = engine.prefill(ad.stream(media, prefix), on_group=on_group)
+    seconds = time.perf_counter() - t0
+    report = state.report()
+    if options:
+        opts = [ad.tokenizer(f"{LETTERS[i]}. {o}", add_special_tokens=False)["input_ids"] for i, o in enumerate(options)]
+        scores = score_options(engine, state, q_ids, opts)
+        best = max(range(len(options)), key=scores.__getitem__)
+        return InferResult(f"{LETTERS[best]}. {options[best]}", report, seconds, scores, LETTERS[best])
+    decoder = _IncrementalDecoder(ad.tokenizer, on_text)
+    ids = generate(engine, state, q_ids, max_new_tokens, ad.eos_token_ids, on_token=decoder)
+    return InferResult(ad.tokenizer.decode(ids, skip_special_tokens=True), report, seconds)
+
+
+class _IncrementalDecoder:
+    """Emit the newly decodable text after each token (byte-level BPE can split characters)."""
+
+    def __init__(self, tokenizer, sink: Callable[[str], None] | None):
+        self.tok, self.sink, self.ids, self.text = tokenizer, sink, [], ""
+
+    def __call__(self, token: int) -> None:
+        self.ids.append(token)
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        if self.sink is not None and not text.endswith("\ufffd"):
+            self.sink(text[len(self.text):])
+            self.text = text

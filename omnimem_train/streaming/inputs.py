@@ -1,0 +1,77 @@
+"""Turn user files into a lazily decoded `MediaInput` for an adapter.
+
+Video frames are decoded at the configured fps and size as the stream consumes them; audio
+(the video's own track, or a separate file) becomes 30-s log-mel windows, none truncated.
+Text-only LMs take a *text-proxy* context file instead: one segment per line, optionally
+prefixed `visual:`, `audio:` or `text:` (unprefixed lines are compressible context, counted as
+visual).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from omnimem_train.config.schema import MediaConfig
+from omnimem_train.errors import MediaError, ModelError
+from omnimem_train.media.decode import frame_size_for, iter_frames, load_audio, probe, resolve_audio
+from omnimem_train.media.features import LogMelExtractor, audio_tokens_for_frames
+from omnimem_train.models.base import MediaInput, Modality, ModelAdapter
+from omnimem_train.models.qwen2_5_omni import Qwen2_5OmniAdapter
+
+_PREFIXES = {"visual:": Modality.VISUAL, "audio:": Modality.AUDIO, "text:": Modality.TEXT}
+
+
+def media_input(adapter: ModelAdapter, cfg: MediaConfig, video: str | None = None, audio: str | None = None,
+                context: str | None = None) -> tuple[MediaInput, int]:
+    """-> (MediaInput, estimated stream tokens for progress reporting)."""
+    if context is not None:
+        if video or audio:
+            raise MediaError(f"{context}: give either a text-proxy context or video/audio, not both")
+        segments = read_context(context)
+        return MediaInput(context=segments), sum(len(t) for _, t in segments) // 4
+    if not isinstance(adapter, Qwen2_5OmniAdapter):
+        raise ModelError(f"{adapter.name}: a text-only LM cannot take video or audio; pass --context FILE")
+    if video is None and audio is None:
+        raise MediaError("no input: pass --video FILE and/or --audio FILE")
+    mel = LogMelExtractor.from_dir(adapter.model_dir) if getattr(adapter, "model_dir", None) else LogMelExtractor()
+    if video is None:
+        wave = load_audio(audio)
+        seconds = len(wave) / mel.sampling_rate
+        windows = mel.iter_windows(wave)
+        est = audio_tokens_for_frames(max(1, math.ceil(seconds * 100)))
+        return MediaInput(mel_windows=windows, duration_s=seconds), est
+    info = probe(video)
+    if not info.has_video:
+        raise MediaError(f"{video}: not a video file (no video stream)")
+    h, w = frame_size_for(info, cfg.max_pixels, cfg.min_pixels)
+    wave = resolve_audio(video, audio, cfg.audio)
+    frames = iter_frames(video, cfg.video_fps, h, w)
+    n_frames = math.ceil(info.duration_s * cfg.video_fps)
+    est = math.ceil(n_frames / adapter.tps) * (h // 28) * (w // 28)
+    windows = None
+    if wave is not None:
+        windows = mel.iter_windows(wave)
+        est += audio_tokens_for_frames(max(1, math.ceil(len(wave) / mel.hop_length)))
+    return MediaInput(frames=frames, fps=cfg.video_fps, mel_windows=windows, duration_s=info.duration_s), est
+
+
+def read_context(path: str) -> list[tuple[Modality, str]]:
+    """Text-proxy segments from a UTF-8 file, one per non-empty line."""
+    p = Path(path)
+    if not p.is_file():
+        raise MediaError(f"{path}: file not found")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise MediaError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from e
+    segments = []
+    for line in lines:
+        if not line.strip():
+            continue
+        label = next((m for pre, m in _PREFIXES.items() if line.lower().startswith(pre)), None)
+        text = line.split(":", 1)[1] if label is not None else line
+        segments.append((label if label is not None else Modality.VISUAL, " " + text.strip() + "\n"))
+    if not segments:
+        raise MediaError(f"{path}: empty context file")
+    return segments
