@@ -48,8 +48,11 @@ class LayerMemory:
         )
 
     def append(self, other: LayerMemory) -> LayerMemory:
-        """[self ; other] along the token axis (extras must be present on both or neither)."""
-        extras = {k: torch.cat([v, other.extras[k]]) for k, v in self.extras.items() if k in other.extras}
+        """[self ; other] along the token axis. Both must carry the same extras: a policy that
+        keeps per-token state provides it for every new token."""
+        if self.extras.keys() != other.extras.keys():
+            raise ValueError(f"extras differ: memory has {sorted(self.extras)}, new tokens {sorted(other.extras)}")
+        extras = {k: torch.cat([v, other.extras[k]]) for k, v in self.extras.items()}
         return LayerMemory(
             torch.cat([self.keys, other.keys], dim=2),
             torch.cat([self.values, other.values], dim=2),

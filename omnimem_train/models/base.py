@@ -142,10 +142,11 @@ class ModelAdapter(ABC):
 
     @property
     def eos_token_ids(self) -> list[int]:
+        """Tokens that end an answer: the tokenizer's eos plus the chat end-of-turn markers it knows."""
         tok = self.tokenizer
-        ids = {tok.eos_token_id} if tok.eos_token_id is not None else set()
+        ids = {tok.eos_token_id} - {None}
         for name in ("<|im_end|>", "<|endoftext|>"):
             tid = tok.convert_tokens_to_ids(name)
-            if isinstance(tid, int) and tid != tok.unk_token_id and tid is not None:
+            if isinstance(tid, int) and tid != tok.unk_token_id:
                 ids.add(tid)
         return sorted(ids)

@@ -18,7 +18,7 @@ def official_av_placeholder(tok, grid_thw, second_per_grid: float, n_audio_token
     )
     fake.get_chunked_index = lambda idx, n: Qwen2_5OmniProcessor.get_chunked_index(fake, idx, n)
     return Qwen2_5OmniProcessor.replace_video_with_audio_token(
-        fake, {"video_grid_thw": grid_thw, "video_second_per_grid": [second_per_grid]}, 0,
+        fake, {"video_grid_thw": grid_thw.numpy(), "video_second_per_grid": [second_per_grid]}, 0,
         {"num_audio_tokens": [n_audio_tokens]}, 0, position_id_per_seconds=25, seconds_per_chunk=2.0,
     )
 
