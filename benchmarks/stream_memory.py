@@ -2,8 +2,8 @@
 
 Run (from the repository root, with the project's venv):
 
-    python benchmarks/stream_memory.py            # budget 512, lengths 1x 4x 16x the budget (~45 s on 2 CPU cores)
-    python benchmarks/stream_memory.py --quick    # budget 128, same multiples (~30 s)
+    python benchmarks/stream_memory.py            # budget 512, lengths 1x 4x 16x the budget (~35 s on 2 CPU cores)
+    python benchmarks/stream_memory.py --quick    # budget 128, same multiples (~25 s)
     python benchmarks/stream_memory.py --out /tmp/stream_memory.md   # also write the table as markdown
 
 What it does: for each length multiple m it writes a real H.264+AAC mp4 (`data_prep.synthetic.write_clip`)

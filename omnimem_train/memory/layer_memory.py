@@ -47,15 +47,17 @@ class LayerMemory:
             torch.zeros(0, dtype=torch.long, device=device),
         )
 
-    def append(self, other: LayerMemory) -> LayerMemory:
+    def append(self, other: LayerMemory, keys: torch.Tensor | None = None,
+               values: torch.Tensor | None = None) -> LayerMemory:
         """[self ; other] along the token axis. Both must carry the same extras: a policy that
-        keeps per-token state provides it for every new token."""
+        keeps per-token state provides it for every new token. `keys`/`values`: the concatenation
+        if the caller already made it (attention needs it anyway), to avoid a second copy."""
         if self.extras.keys() != other.extras.keys():
             raise ValueError(f"extras differ: memory has {sorted(self.extras)}, new tokens {sorted(other.extras)}")
         extras = {k: torch.cat([v, other.extras[k]]) for k, v in self.extras.items()}
         return LayerMemory(
-            torch.cat([self.keys, other.keys], dim=2),
-            torch.cat([self.values, other.values], dim=2),
+            keys if keys is not None else torch.cat([self.keys, other.keys], dim=2),
+            values if values is not None else torch.cat([self.values, other.values], dim=2),
             torch.cat([self.positions, other.positions], dim=1),
             torch.cat([self.modality, other.modality]),
             torch.cat([self.index, other.index]),

@@ -31,13 +31,16 @@ class _GroupKV:
 
     def __init__(self, memory: LayerMemory | None):
         self.memory = memory
-        self.new_keys = self.new_values = None
+        self.new_keys = self.new_values = self.keys = self.values = None
 
     def update(self, key_states, value_states, layer_idx=None, *args, **kwargs):
         self.new_keys, self.new_values = key_states, value_states
         if self.memory is None or self.memory.n == 0:
-            return key_states, value_states
-        return (torch.cat([self.memory.keys, key_states], dim=2), torch.cat([self.memory.values, value_states], dim=2))
+            self.keys, self.values = key_states, value_states
+        else:  # kept: the candidates' keys/values are exactly this concatenation
+            self.keys = torch.cat([self.memory.keys, key_states], dim=2)
+            self.values = torch.cat([self.memory.values, value_states], dim=2)
+        return self.keys, self.values
 
 
 def group_mask(n_mem: int, n_new: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -114,14 +117,16 @@ class StreamingEngine:
             modality=piece.modality.to(ad.device),
             index=torch.arange(state.tokens_seen, state.tokens_seen + n, device=ad.device),
         )
-        layers = []
+        layers, masks = [], {}
         for i, layer in enumerate(ad.decoder_layers):
             mem = state.layers[i]
             kv = _GroupKV(mem)
-            mask = group_mask(0 if mem is None else mem.n, n, x.dtype, x.device)
-            x = layer(x, attention_mask=mask, position_embeddings=cos_sin, cache=kv)
+            n_mem = 0 if mem is None else mem.n
+            if n_mem not in masks:  # layers with equal memory sizes share one mask
+                masks[n_mem] = group_mask(n_mem, n, x.dtype, x.device)
+            x = layer(x, attention_mask=masks[n_mem], position_embeddings=cos_sin, cache=kv)
             cand = LayerMemory(kv.new_keys, kv.new_values, **new_tokens)
-            cand = cand if mem is None else mem.append(cand)
+            cand = cand if mem is None else mem.append(cand, keys=kv.keys, values=kv.values)
             if evict:
                 keep = self.policy.select(i, cand, n)
                 if keep is not None:
