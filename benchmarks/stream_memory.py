@@ -10,7 +10,7 @@ What it does: for each length multiple m it writes a real H.264+AAC mp4 (`data_p
 long enough that the stream holds about m x budget audio+visual tokens, then streams it through the
 tiny random-weight Qwen2.5-Omni thinker (`builtin:tiny-omni`, CPU, float32) via the real media path
 (`streaming.inputs.media_input`, as `omnimem-train infer` does: probe -> frame_size_for -> iter_frames at
-2 fps; load_audio -> LogMelExtractor.iter_windows; then adapter.stream -> StreamingEngine.prefill) with two memory policies: `recent(budget)` (keep the most
+2 fps; iter_audio (30-s chunks) -> LogMelExtractor.iter_windows; then adapter.stream -> StreamingEngine.prefill) with two memory policies: `recent(budget)` (keep the most
 recent `budget` audio/visual tokens per layer, plus all text) and `full` (keep everything).
 
 Each (length, policy) case runs in its own fresh subprocess (this script with a hidden `--worker`
@@ -138,7 +138,7 @@ def run_case(clip: str, policy: str, budget: int, group_size: int, width: int, h
 
         t0 = time.perf_counter()
         # The `omnimem-train infer` path: probe -> frame_size_for -> iter_frames (lazy) and
-        # load_audio -> LogMelExtractor.iter_windows (lazy per 30-s window).
+        # iter_audio (30-s chunks) -> LogMelExtractor.iter_windows (lazy per 30-s window).
         media, _ = media_input(adapter, cfg, video=clip)
         with torch.inference_mode():
             state, _ = engine.prefill(counted(adapter.stream(media, prefix)), on_group=on_group)

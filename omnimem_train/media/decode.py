@@ -1,4 +1,4 @@
-"""Read user media files: probe streams, decode video frames lazily, load audio as 16 kHz mono.
+"""Read user media files: probe streams, decode video frames and 16 kHz mono audio lazily.
 
 PyAV (bundled ffmpeg) decodes containers; plain audio files (wav, flac, ...) go through soundfile
 and soxr. Every problem with the input file raises `MediaError` with a one-line message that names
@@ -193,82 +193,224 @@ def _sample_frames(path: str | Path, n_out: int, fps: float, height: int, width:
 def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     """The whole audio of `path` as float32 mono (N,) at `sample_rate`; never truncated.
 
-    Plain audio files (anything libsndfile reads: wav, flac, ogg, ...) are read with soundfile,
-    mixed to mono and resampled with soxr; other files (mp4, mkv, ...) decode their first audio
-    track with PyAV.
+    The concatenation of `iter_audio(path, sample_rate)`; prefer that for long files (it keeps
+    one chunk in memory instead of the whole track).
     """
+    chunks = list(iter_audio(path, sample_rate))
+    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+
+def iter_audio(path: str | Path, sample_rate: int = 16000, chunk_s: float = 30.0) -> Iterator[np.ndarray]:
+    """The audio of `path` as float32 mono chunks at `sample_rate`, decoded incrementally.
+
+    Every chunk holds exactly round(chunk_s * sample_rate) samples except the last, which may be
+    shorter; concatenated they are the whole track, never truncated, sample for sample what one
+    decode of the whole file gives. Memory stays O(one chunk) whatever the duration.
+
+    Plain audio files (anything libsndfile reads: wav, flac, ogg, ...) are read with soundfile in
+    blocks, mixed to mono and resampled with a streaming soxr resampler; other files (mp4, mkv, ...)
+    decode their first audio track with PyAV. The file is opened and checked (MediaError naming
+    it: missing, undecodable, no audio track, 0 samples) at call time; decoding happens as chunks
+    are consumed.
+    """
+    if sample_rate <= 0 or chunk_s <= 0:
+        raise ValueError(f"sample_rate and chunk_s must be positive, got {sample_rate}, {chunk_s}")
+    chunk = round(chunk_s * sample_rate)
+    if chunk < 1:
+        raise ValueError(f"chunk_s * sample_rate must be at least one sample, got {chunk_s} * {sample_rate}")
     _check_file(path)
+    chunks = _audio_chunks(path, sample_rate, chunk)
+    next(chunks)  # run the opening checks now, not at the first chunk
+    return chunks
+
+
+# Frames per soundfile read: ~1.5 s at 44.1 kHz, whatever the file's length.
+_SF_BLOCK = 1 << 16
+
+
+def _audio_chunks(path: str | Path, sample_rate: int, chunk: int) -> Iterator[np.ndarray | None]:
+    """Primed generator: first yields None once the file is open and checked, then the chunks."""
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        snd = sf.SoundFile(str(path))
     except RuntimeError:  # soundfile's errors: not a format libsndfile reads, so try ffmpeg
-        wave = _load_audio_av(path, sample_rate)
+        pieces = _av_pieces(path, sample_rate)
     else:
-        wave = data.mean(axis=1, dtype=np.float32)
-        if rate != sample_rate:
-            wave = soxr.resample(wave, rate, sample_rate).astype(np.float32, copy=False)
-    if wave.size == 0:
-        raise MediaError(f"{path}: empty audio track (0 samples)")
-    return wave
+        pieces = _sf_pieces(path, snd, sample_rate)
+    try:
+        next(pieces)  # opening checks
+        yield None
+        # Each chunk is filled in place as pieces arrive, so the pieces never pile up: the
+        # generator holds one chunk (plus one decoded piece), whatever the duration.
+        out, fill, total = np.empty(chunk, np.float32), 0, 0
+        for piece in pieces:
+            total += len(piece)
+            while len(piece):
+                take = min(chunk - fill, len(piece))
+                out[fill : fill + take] = piece[:take]
+                piece, fill = piece[take:], fill + take
+                if fill == chunk:
+                    yield out
+                    out, fill = np.empty(chunk, np.float32), 0
+        if fill:
+            yield out[:fill].copy()
+        if not total:
+            raise MediaError(f"{path}: empty audio track (0 samples)")
+    finally:
+        pieces.close()
 
 
-def _load_audio_av(path: str | Path, sample_rate: int) -> np.ndarray:
+def _sf_pieces(path: str | Path, snd: sf.SoundFile, sample_rate: int) -> Iterator[np.ndarray | None]:
+    """Primed generator over a libsndfile file: None after the checks, then mono float32 pieces."""
+    with snd:
+        if snd.frames == 0:
+            raise MediaError(f"{path}: empty audio track (0 samples)")
+        rate = snd.samplerate
+        resampler = (
+            soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ") if rate != sample_rate else None
+        )
+        yield None
+        try:
+            while True:
+                data = snd.read(_SF_BLOCK, dtype="float32", always_2d=True)
+                last = len(data) < _SF_BLOCK
+                wave = data.mean(axis=1, dtype=np.float32)
+                if resampler is not None:
+                    # The stream gives exactly what one soxr.resample of the whole file gives.
+                    wave = resampler.resample_chunk(wave, last=last)
+                yield wave
+                if last:
+                    return
+        except RuntimeError as e:
+            raise MediaError(f"{path}: cannot be decoded as audio ({_one_line(e)})") from e
+
+
+def _av_pieces(path: str | Path, sample_rate: int) -> Iterator[np.ndarray | None]:
+    """Primed generator over a container's first audio track: None after the checks (first frame
+    decoded), then mono float32 pieces, the codec's end padding trimmed (`_codec_trim_length`).
+
+    The padding can only be known at the end, so samples that the trim may still drop (past the
+    declared end, by less than one codec frame) are held back until the stream ends.
+    """
     container = _open(path)
     try:
         if not container.streams.audio:
             raise MediaError(f"{path}: no audio track")
         stream = container.streams.audio[0]
+        duration = _stream_duration(container, stream)
+        declared = round(duration * sample_rate) if duration else None
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        chunks = []
         try:
-            for frame in container.decode(stream):
-                chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
-            # Flush: the resampler holds back its filter delay until told the input ended.
-            chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
+            frames = container.decode(stream)
+            first = next(frames, None)
         except av.FFmpegError as e:
             raise MediaError(f"{path}: cannot be decoded as media ({_one_line(e)})") from e
-        wave = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-        return _trim_codec_padding(wave, _stream_duration(container, stream), stream, sample_rate)
+        if first is None:
+            raise MediaError(f"{path}: empty audio track (0 samples)")
+        yield None
+
+        pending: list[np.ndarray] = []  # decoded, not yet yielded
+        total = sent = 0  # samples decoded / yielded
+
+        def release(upto: int) -> Iterator[np.ndarray]:
+            nonlocal sent
+            while pending and sent < upto:
+                piece = pending[0]
+                take = min(len(piece), upto - sent)
+                if take == len(piece):
+                    pending.pop(0)
+                else:
+                    pending[0] = piece[take:]
+                    piece = piece[:take]
+                sent += take
+                yield piece
+
+        try:
+            for frame in itertools.chain([first], frames):
+                for out in resampler.resample(frame):
+                    piece = out.to_ndarray().reshape(-1)
+                    pending.append(piece)
+                    total += len(piece)
+                if declared is None or total - declared >= _max_codec_pad(stream, sample_rate):
+                    safe = total  # no trim possible any more (the total only grows)
+                else:
+                    safe = min(total, declared)  # samples before the declared end are never trimmed
+                yield from release(safe)
+            # Flush: the resampler holds back its filter delay until told the input ended.
+            for out in resampler.resample(None):
+                piece = out.to_ndarray().reshape(-1)
+                pending.append(piece)
+                total += len(piece)
+        except av.FFmpegError as e:
+            raise MediaError(f"{path}: cannot be decoded as media ({_one_line(e)})") from e
+        keep = _codec_trim_length(total, duration, stream, sample_rate)
+        if keep == 0:
+            raise MediaError(f"{path}: empty audio track (0 samples)")
+        yield from release(keep)
     finally:
         container.close()
 
 
-def _trim_codec_padding(wave: np.ndarray, duration: float | None, stream, sample_rate: int) -> np.ndarray:
-    """Drop the encoder's padding of the last frame (AAC: up to 1023 samples) past the declared end.
+def _max_codec_pad(stream, sample_rate: int) -> int:
+    """Most samples (at `sample_rate`) of encoder padding one codec frame can hold; 0 if unknown."""
+    frame_size = stream.codec_context.frame_size or 0
+    return math.ceil(frame_size * sample_rate / (stream.codec_context.sample_rate or sample_rate))
+
+
+def _codec_trim_length(total: int, duration: float | None, stream, sample_rate: int) -> int:
+    """How many of `total` decoded samples to keep: drop the encoder's padding of the last frame
+    (AAC: up to 1023 samples) past the declared end.
 
     ffmpeg's decoder skips AAC priming but returns the last frame whole; the container's duration
     says where the audio really ends. Only an excess shorter than one codec frame is removed, so a
     wrong header can never cut real audio.
     """
     if not duration:
-        return wave
+        return total
     declared = round(duration * sample_rate)
-    frame_size = stream.codec_context.frame_size or 0
-    max_pad = math.ceil(frame_size * sample_rate / (stream.codec_context.sample_rate or sample_rate))
-    if 0 < len(wave) - declared < max_pad:
-        return wave[:declared]
-    return wave
+    if 0 < total - declared < _max_codec_pad(stream, sample_rate):
+        return declared
+    return total
 
 
-def resolve_audio(video_path: str | Path, audio_path: str | Path | None, mode: str) -> np.ndarray | None:
-    """The audio to use with `video_path`, as float32 mono (N,) at 16 kHz, or None for video-only.
+def resolve_audio_source(video_path: str | Path, audio_path: str | Path | None, mode: str) -> Path | None:
+    """Which file to read the audio of `video_path` from, or None for video-only.
 
     mode (config `media.audio`):
       "off": None, even if an audio file is given.
-      "required": the separate `audio_path` if given, else the video's track; MediaError if it has none.
+      "required": the separate `audio_path` if given, else the video (if it has an audio track);
+        MediaError if it has none.
       "auto": like "required", but a video without an audio track gives None and one MediaWarning.
+
+    Read the audio with `iter_audio` (lazily) or `load_audio`.
     """
+    return _resolve_audio_source(video_path, audio_path, mode)
+
+
+def _resolve_audio_source(video_path: str | Path, audio_path: str | Path | None, mode: str) -> Path | None:
+    """`resolve_audio_source`, for its public wrappers: the warning names the wrapper's caller."""
     if mode not in AUDIO_MODES:
         raise ConfigError(f"media.audio: unknown mode {mode!r}; expected one of {', '.join(AUDIO_MODES)}")
     if mode == "off":
         return None
     if audio_path is not None:
-        return load_audio(audio_path)
+        _check_file(audio_path)
+        return Path(audio_path)
     if probe(video_path).has_audio:
-        return load_audio(video_path)
+        return Path(video_path)
     if mode == "required":
         raise MediaError(
             f"{video_path}: no audio track, but audio is required "
             "(set media.audio=auto to fall back to video-only, or pass --audio FILE)"
         )
-    warnings.warn(f"{video_path}: no audio track; falling back to video-only", MediaWarning, stacklevel=2)
+    warnings.warn(f"{video_path}: no audio track; falling back to video-only", MediaWarning, stacklevel=3)
     return None
+
+
+def resolve_audio(video_path: str | Path, audio_path: str | Path | None, mode: str) -> np.ndarray | None:
+    """The audio to use with `video_path`, as float32 mono (N,) at 16 kHz, or None for video-only.
+
+    The whole track in memory: `load_audio` of `resolve_audio_source(video_path, audio_path, mode)`
+    (see it for the modes). Streaming code should use `iter_audio` on that source instead.
+    """
+    source = _resolve_audio_source(video_path, audio_path, mode)
+    return None if source is None else load_audio(source)

@@ -13,7 +13,7 @@ processor (which requires torchvision, unavailable with our pinned torch; see EN
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -162,27 +162,71 @@ class LogMelExtractor:
     def n_mels(self) -> int:
         return int(self.extractor.feature_size)
 
-    def iter_windows(self, wave: np.ndarray, window_s: float = 30.0) -> Iterator[np.ndarray]:
+    def iter_windows(
+        self, wave: np.ndarray | Iterable[np.ndarray], window_s: float = 30.0
+    ) -> Iterator[np.ndarray]:
         """Yield float32 (n_mels, T_i) log-mel features for consecutive `window_s` windows of `wave`.
 
-        wave: float (N,) mono at `sampling_rate`. T_i = ceil(n_i / hop_length) where n_i is the
+        wave: float (N,) mono at `sampling_rate`, or an iterator of such chunks (e.g. `iter_audio`),
+        consumed lazily: a wave that never needs to be whole in memory. Either way the windows are
+        those of the whole (concatenated) wave. T_i = ceil(n_i / hop_length) where n_i is the
         window's sample count, so a 70-s wave gives 3000, 3000 and 1000 frames. Nothing is dropped.
         """
-        wave = np.asarray(wave, dtype=np.float32)
-        if wave.ndim != 1:
-            raise ValueError(f"wave must be mono (N,), got shape {wave.shape}")
+        window = self._window(window_s)
+        if isinstance(wave, Iterator):
+            return self._windows_from_chunks(wave, window)
+        wave = self._mono(wave)
+        return (self._features(wave[start : start + window]) for start in range(0, len(wave), window))
+
+    def iter_windows_from_chunks(self, chunks: Iterable[np.ndarray], window_s: float = 30.0) -> Iterator[np.ndarray]:
+        """`iter_windows` of the concatenation of `chunks` (float (n,) mono pieces of any lengths),
+        holding at most one window of samples; chunks whose lengths are multiples of the window
+        (as `iter_audio(path, chunk_s=window_s)` gives) pass through without copying."""
+        return self._windows_from_chunks(iter(chunks), self._window(window_s))
+
+    def _window(self, window_s: float) -> int:
         window = round(window_s * self.sampling_rate)
         if not 0 < window <= self.extractor.n_samples:
             raise ValueError(f"window_s must be in (0, {self.extractor.chunk_length}] s, got {window_s}")
-        for start in range(0, len(wave), window):
-            out = self.extractor(
-                wave[start : start + window],
-                sampling_rate=self.sampling_rate,
-                return_attention_mask=True,
-                return_tensors="np",
-            )
-            n_valid = int(out["attention_mask"][0].sum())
-            yield np.ascontiguousarray(out["input_features"][0, :, :n_valid], dtype=np.float32)
+        return window
+
+    @staticmethod
+    def _mono(wave) -> np.ndarray:
+        wave = np.asarray(wave, dtype=np.float32)
+        if wave.ndim != 1:
+            raise ValueError(f"wave must be mono (N,), got shape {wave.shape}")
+        return wave
+
+    def _windows_from_chunks(self, chunks: Iterator[np.ndarray], window: int) -> Iterator[np.ndarray]:
+        buf: list[np.ndarray] = []
+        held = 0
+        for chunk in chunks:
+            chunk = self._mono(chunk)
+            if not chunk.size:
+                continue
+            buf.append(chunk)
+            held += len(chunk)
+            if held < window:
+                continue
+            joined = buf[0] if len(buf) == 1 else np.concatenate(buf)
+            full = held - held % window
+            for start in range(0, full, window):
+                yield self._features(joined[start : start + window])
+            buf = [joined[full:].copy()] if full < held else []
+            held -= full
+        if held:
+            yield self._features(buf[0] if len(buf) == 1 else np.concatenate(buf))
+
+    def _features(self, samples: np.ndarray) -> np.ndarray:
+        """(n_mels, ceil(len / hop_length)) valid log-mel frames of one window of <= 30 s."""
+        out = self.extractor(
+            samples,
+            sampling_rate=self.sampling_rate,
+            return_attention_mask=True,
+            return_tensors="np",
+        )
+        n_valid = int(out["attention_mask"][0].sum())
+        return np.ascontiguousarray(out["input_features"][0, :, :n_valid], dtype=np.float32)
 
     def log_mel(self, wave: np.ndarray, window_s: float = 30.0) -> np.ndarray:
         """float32 (n_mels, T) with T = sum of per-window ceil(n_i / hop_length); the windows concatenated."""

@@ -1,7 +1,8 @@
 """Turn user files into a lazily decoded `MediaInput` for an adapter.
 
 Video frames are decoded at the configured fps and size as the stream consumes them; audio
-(the video's own track, or a separate file) becomes 30-s log-mel windows, none truncated.
+(the video's own track, or a separate file) is decoded 30 s at a time as it is consumed and becomes
+30-s log-mel windows, none truncated: memory does not grow with the media's duration.
 Text-only LMs take a *text-proxy* context file instead: one segment per line, optionally
 prefixed `visual:`, `audio:` or `text:` (unprefixed lines are compressible context, counted as
 visual).
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from omnimem_train.config.schema import MediaConfig
 from omnimem_train.errors import MediaError, ModelError
-from omnimem_train.media.decode import frame_size_for, iter_frames, load_audio, probe, resolve_audio
+from omnimem_train.media.decode import frame_size_for, iter_audio, iter_frames, probe, resolve_audio_source
 from omnimem_train.media.features import LogMelExtractor, audio_tokens_for_frames
 from omnimem_train.models.base import MediaInput, Modality, ModelAdapter
 from omnimem_train.models.qwen2_5_omni import Qwen2_5OmniAdapter
@@ -36,23 +37,25 @@ def media_input(adapter: ModelAdapter, cfg: MediaConfig, video: str | None = Non
         raise MediaError("no input: pass --video FILE and/or --audio FILE")
     mel = LogMelExtractor.from_dir(adapter.model_dir) if getattr(adapter, "model_dir", None) else LogMelExtractor()
     if video is None:
-        wave = load_audio(audio)
-        seconds = len(wave) / mel.sampling_rate
-        windows = mel.iter_windows(wave)
+        # Probe first (its duration feeds the estimate); iter_audio then checks the file eagerly.
+        seconds = probe(audio).duration_s
+        windows = mel.iter_windows(iter_audio(audio))
         est = audio_tokens_for_frames(max(1, math.ceil(seconds * 100)))
         return MediaInput(mel_windows=windows, duration_s=seconds), est
     info = probe(video)
     if not info.has_video:
         raise MediaError(f"{video}: not a video file (no video stream)")
     h, w = frame_size_for(info, cfg.max_pixels, cfg.min_pixels)
-    wave = resolve_audio(video, audio, cfg.audio)
+    source = resolve_audio_source(video, audio, cfg.audio)
+    chunks = iter_audio(source) if source is not None else None
     frames = iter_frames(video, cfg.video_fps, h, w)
     n_frames = math.ceil(info.duration_s * cfg.video_fps)
     est = math.ceil(n_frames / adapter.tps) * (h // 28) * (w // 28)
     windows = None
-    if wave is not None:
-        windows = mel.iter_windows(wave)
-        est += audio_tokens_for_frames(max(1, math.ceil(len(wave) / mel.hop_length)))
+    if chunks is not None:
+        windows = mel.iter_windows(chunks)
+        seconds = info.duration_s if audio is None else probe(source).duration_s
+        est += audio_tokens_for_frames(max(1, math.ceil(seconds * mel.sampling_rate / mel.hop_length)))
     return MediaInput(frames=frames, fps=cfg.video_fps, mel_windows=windows, duration_s=info.duration_s), est
 
 

@@ -2,12 +2,14 @@
 
 import inspect
 import math
+import tracemalloc
 import warnings
 
 import av
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 
 from data_prep.synthetic import write_clip, write_wav
 from omnimem_train.errors import ConfigError, MediaError
@@ -15,10 +17,12 @@ from omnimem_train.media.decode import (
     MediaInfo,
     MediaWarning,
     frame_size_for,
+    iter_audio,
     iter_frames,
     load_audio,
     probe,
     resolve_audio,
+    resolve_audio_source,
 )
 from omnimem_train.media.features import LogMelExtractor, audio_tokens_for_frames
 
@@ -193,7 +197,8 @@ def _zero_sample_wav(tmp_path):
 )
 def test_bad_files_raise_one_line_media_error(tmp_path, make, reason):
     path = make(tmp_path)
-    for read in (probe, load_audio, lambda p: iter_frames(p, 2, 28, 28)):
+    # iter_audio checks the file when called, before any chunk is asked for.
+    for read in (probe, load_audio, iter_audio, lambda p: iter_frames(p, 2, 28, 28)):
         with pytest.raises(MediaError) as excinfo:
             read(path)
         assert_one_line_error(excinfo, path)
@@ -212,3 +217,137 @@ def test_load_audio_without_track_names_file(silent_clip):
     with pytest.raises(MediaError, match="no audio track") as excinfo:
         load_audio(silent_clip)
     assert_one_line_error(excinfo, silent_clip)
+
+
+def test_iter_audio_without_track_fails_at_call(silent_clip):
+    with pytest.raises(MediaError, match="no audio track") as excinfo:
+        iter_audio(silent_clip)
+    assert_one_line_error(excinfo, silent_clip)
+
+
+def test_resolve_audio_source_modes(clip, silent_clip, tmp_path):
+    assert resolve_audio_source(clip, None, "auto") == clip
+    assert resolve_audio_source(clip, None, "required") == clip
+    separate = write_wav(tmp_path / "other.wav", 2)
+    assert resolve_audio_source(silent_clip, separate, "required") == separate
+    assert resolve_audio_source(clip, separate, "auto") == separate
+    assert resolve_audio_source(clip, separate, "off") is None
+    with pytest.raises(MediaError, match="file not found") as excinfo:
+        resolve_audio_source(clip, tmp_path / "missing.wav", "auto")
+    assert_one_line_error(excinfo, tmp_path / "missing.wav")
+    with pytest.raises(MediaError, match="no audio track.*media.audio=auto"):
+        resolve_audio_source(silent_clip, None, "required")
+    with pytest.raises(ConfigError, match="media.audio"):
+        resolve_audio_source(clip, None, "sometimes")
+
+
+@pytest.mark.parametrize("resolve", [resolve_audio, resolve_audio_source])
+def test_missing_track_warning_points_at_the_caller(silent_clip, resolve):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert resolve(silent_clip, None, "auto") is None
+    assert len(caught) == 1 and issubclass(caught[0].category, MediaWarning)
+    assert caught[0].filename == __file__
+
+
+# --- lazy audio: iter_audio gives what one decode of the whole file gives --------------------------
+
+
+def whole_file_audio(path, sample_rate=SR):
+    """The audio as decoded in one piece (load_audio before it was made lazy): the reference."""
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except RuntimeError:
+        with av.open(str(path)) as container:
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+            frames = [*container.decode(stream), None]
+            wave = np.concatenate([f.to_ndarray().reshape(-1) for fr in frames for f in resampler.resample(fr)])
+            seconds = float(stream.duration * stream.time_base) if stream.duration else container.duration / av.time_base
+            declared = round(seconds * sample_rate)
+            pad = math.ceil(stream.codec_context.frame_size * sample_rate / stream.codec_context.sample_rate)
+            return wave[:declared] if 0 < len(wave) - declared < pad else wave
+    wave = data.mean(axis=1, dtype=np.float32)
+    return wave if rate == sample_rate else soxr.resample(wave, rate, sample_rate)
+
+
+def _long_mp4(d, rate):
+    return write_clip(d / f"long{rate}.mp4", 65, width=32, height=32, fps=2, sample_rate=rate)
+
+
+def _long_wav(d, rate):
+    return write_wav(d / f"long{rate}.wav", 65, sample_rate=rate)
+
+
+def _stereo_flac(d, rate):
+    wave = np.random.default_rng(3).normal(0, 0.1, (rate * 40 + 77, 2)).astype(np.float32)
+    sf.write(d / "stereo.flac", wave, rate, subtype="PCM_24")
+    return d / "stereo.flac"
+
+
+@pytest.fixture(scope="module")
+def long_media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("long")
+    return {
+        "mp4-aac-16k": _long_mp4(d, 16000),
+        "mp4-aac-44k": _long_mp4(d, 44100),
+        "wav-44k": _long_wav(d, 44100),
+        "wav-16k": _long_wav(d, 16000),
+        "flac-stereo-48k": _stereo_flac(d, 48000),
+    }
+
+
+@pytest.mark.parametrize("kind", ["mp4-aac-16k", "mp4-aac-44k", "wav-44k", "wav-16k", "flac-stereo-48k"])
+def test_iter_audio_chunks_concatenate_to_the_whole_decode_exactly(long_media, kind):
+    path = long_media[kind]
+    want = whole_file_audio(path)
+    chunks = iter_audio(path)
+    assert inspect.isgenerator(chunks)
+    chunks = list(chunks)
+    assert all(c.dtype == np.float32 and c.ndim == 1 for c in chunks)
+    assert [len(c) for c in chunks[:-1]] == [30 * SR] * (len(chunks) - 1) and 0 < len(chunks[-1]) <= 30 * SR
+    np.testing.assert_array_equal(np.concatenate(chunks), want)
+    np.testing.assert_array_equal(load_audio(path), want)
+    if kind.startswith(("mp4", "wav")):
+        assert len(want) == 65 * SR and len(chunks) == 3  # AAC's end padding is trimmed, as before
+
+
+@pytest.mark.parametrize("kind", ["mp4-aac-44k", "wav-44k"])
+@pytest.mark.parametrize("chunk_s", [7.3, 0.05])
+def test_iter_audio_other_chunk_sizes_and_rates(long_media, kind, chunk_s):
+    path = long_media[kind]
+    chunks = list(iter_audio(path, sample_rate=24000, chunk_s=chunk_s))
+    size = round(chunk_s * 24000)
+    assert {len(c) for c in chunks[:-1]} == {size} and 0 < len(chunks[-1]) <= size
+    np.testing.assert_array_equal(np.concatenate(chunks), whole_file_audio(path, 24000))
+
+
+def test_aac_tail_trim_never_cuts_a_yielded_chunk(tmp_path):
+    # The declared end falls inside the last AAC frame; chunk edges land on and around it.
+    path = write_clip(tmp_path / "odd.mp4", 3.37, width=32, height=32, fps=2, sample_rate=44100)
+    want = whole_file_audio(path)
+    assert len(want) == round(3.37 * SR)
+    for chunk_s in (3.37, 3.36, 1.0, 0.064):
+        np.testing.assert_array_equal(np.concatenate(list(iter_audio(path, chunk_s=chunk_s))), want)
+
+
+def test_iter_audio_memory_does_not_grow_with_duration(tmp_path):
+    path = write_wav(tmp_path / "long.wav", 130, sample_rate=44100)
+    whole_bytes = 130 * SR * 4
+    tracemalloc.start()
+    try:
+        n = 0
+        for chunk in iter_audio(path, chunk_s=5):
+            assert len(chunk) <= 5 * SR
+            n += len(chunk)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert n == 130 * SR
+    # One chunk being filled, the one the loop holds, one soundfile block: far from the whole track.
+    assert peak < 0.3 * whole_bytes, f"peak {peak / 1e6:.1f} MB"
+
+
+def test_iter_audio_rejects_bad_chunk_size(clip):
+    with pytest.raises(ValueError, match="chunk_s"):
+        iter_audio(clip, chunk_s=0)

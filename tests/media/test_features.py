@@ -168,3 +168,61 @@ def test_audio_tokens_add_up_over_30s_windows():
     for total in range(1, 9000, 37):
         windows = [3000] * (total // 3000) + ([total % 3000] if total % 3000 else [])
         assert sum(map(audio_tokens_for_frames, windows)) == audio_tokens_for_frames(total)
+
+
+def _split(wave, sizes):
+    """Cut `wave` into consecutive pieces of the given sizes (the last takes the rest)."""
+    edges = np.cumsum(sizes)
+    return np.split(wave, edges[edges < len(wave)])
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [480000],  # 30-s chunks, as iter_audio gives
+        [960000],  # multiples of the window
+        [480000, 960000, 480000],
+        [123457],  # any sizes: the windows are regrouped
+        [1, 479999, 480001, 7],
+    ],
+)
+def test_windows_from_chunks_equal_windows_of_the_whole_wave(mel, sizes):
+    wave = np.random.default_rng(2).normal(0, 0.1, 70 * 16000 + 333).astype(np.float32)
+    want = list(mel.iter_windows(wave))
+    for got in (
+        list(mel.iter_windows(iter(_split(wave, sizes)))),
+        list(mel.iter_windows_from_chunks(_split(wave, sizes))),
+    ):
+        assert len(got) == len(want) == 3
+        for g, w in zip(got, want):
+            assert g.dtype == np.float32
+            np.testing.assert_array_equal(g, w)
+
+
+def test_windows_from_chunks_shorter_windows_and_edge_cases(mel):
+    wave = np.random.default_rng(4).normal(0, 0.1, 25 * 16000).astype(np.float32)
+    got = list(mel.iter_windows(iter(_split(wave, [160000, 7, 3000])), window_s=10))
+    want = list(mel.iter_windows(wave, window_s=10))
+    assert [w.shape[1] for w in got] == [1000, 1000, 500]
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    assert list(mel.iter_windows(iter([]))) == []
+    assert list(mel.iter_windows(iter([np.zeros(0, np.float32)]))) == []
+    with pytest.raises(ValueError, match="mono"):
+        list(mel.iter_windows(iter([np.zeros((2, 10), np.float32)])))
+    with pytest.raises(ValueError, match="window_s"):
+        mel.iter_windows(iter([wave]), window_s=31)
+
+
+def test_windows_from_chunks_are_lazy(mel):
+    pulled = []
+
+    def chunks():
+        for i in range(4):
+            pulled.append(i)
+            yield np.zeros(480000, np.float32)
+
+    windows = mel.iter_windows(chunks())
+    assert pulled == []
+    next(windows)
+    assert pulled == [0]  # one 30-s chunk read for the first window
