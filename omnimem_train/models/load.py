@@ -38,17 +38,10 @@ def load_adapter(model_name_or_path: str, dtype: str = "float32", device: str = 
     gguf = None
     if model_name_or_path.startswith("builtin:"):
         path, gguf = resolve_builtin(model_name_or_path.split(":", 1)[1])
-        source = str(path)
     else:
-        path = Path(model_name_or_path).expanduser()
-        source = model_name_or_path
-        if not path.exists() and not _HUB_ID.match(model_name_or_path):
-            raise ModelError(f"{model_name_or_path}: model directory not found")
-        if path.exists() and not path.is_dir():
-            raise ModelError(f"{model_name_or_path}: not a directory (expected a model checkpoint folder)")
-        if path.is_dir() and not (path / "config.json").exists() and gguf is None:
-            raise ModelError(f"{model_name_or_path}: no config.json in this directory (not a model checkpoint)")
-    model_type = "llama" if gguf else _read_model_type(path) if path.is_dir() else None
+        path = _local_dir(model_name_or_path)
+    source = str(path)
+    model_type = "llama" if gguf else _read_model_type(path)
     kw = dict(dtype=DTYPES[dtype], attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
     dev = resolve_device(device)
     try:
@@ -56,7 +49,7 @@ def load_adapter(model_name_or_path: str, dtype: str = "float32", device: str = 
             adapter = _load_omni(source, model_type, kw)
         elif gguf:
             adapter = _load_text(source, dict(kw, gguf_file=gguf), name=model_name_or_path)
-        elif model_type in TEXT_TYPES or (model_type is None) or trust_remote_code:
+        elif model_type in TEXT_TYPES or trust_remote_code:
             adapter = _load_text(source, kw, name=model_name_or_path)
         else:
             raise ModelError(
@@ -70,6 +63,27 @@ def load_adapter(model_name_or_path: str, dtype: str = "float32", device: str = 
     adapter.model.to(dev).eval()
     adapter.source = model_name_or_path
     return adapter
+
+
+def _local_dir(name: str) -> Path:
+    """A checkpoint folder: the path itself, or a hub id resolved through the HF cache (downloading
+    only where the hub is reachable and HF_HUB_OFFLINE is unset)."""
+    path = Path(name).expanduser()
+    if not path.exists() and _HUB_ID.match(name):
+        from huggingface_hub import snapshot_download
+
+        try:
+            path = Path(snapshot_download(name))
+        except Exception as e:  # offline, not cached, gated, ...: all mean "cannot load this id"
+            raise ModelError(f"{name}: not a local directory and cannot load it from the hub cache "
+                             f"({_first_line(e)})") from e
+    if not path.exists():
+        raise ModelError(f"{name}: model directory not found")
+    if not path.is_dir():
+        raise ModelError(f"{name}: not a directory (expected a model checkpoint folder)")
+    if not (path / "config.json").exists():
+        raise ModelError(f"{name}: no config.json in this directory (not a model checkpoint)")
+    return path
 
 
 def _read_model_type(path: Path) -> str:
