@@ -105,7 +105,7 @@ def run_case(clip: str, policy: str, budget: int, group_size: int, width: int, h
     import torch
 
     from omnimem_train.config.schema import MediaConfig
-    from omnimem_train.memory.registry import build_policy
+    from omnimem_train.memory.registry import make_policy
     from omnimem_train.models.base import Modality
     from omnimem_train.models.load import load_adapter
     from omnimem_train.models.prompt import split_chat_prompt
@@ -116,7 +116,7 @@ def run_case(clip: str, policy: str, budget: int, group_size: int, width: int, h
     adapter = load_adapter("builtin:tiny-omni", device="cpu")
     cfg = MediaConfig(video_fps=SAMPLE_FPS, min_pixels=MIN_PIXELS, max_pixels=width * height, audio="required")
     prefix, _ = split_chat_prompt(adapter.tokenizer, SYSTEM, QUESTION)
-    engine = StreamingEngine(adapter, build_policy(policy, budget=budget), group_size=group_size)
+    engine = StreamingEngine(adapter, make_policy("recency" if policy == "recent" else policy, len(adapter.decoder_layers), budget=budget, sink_tokens=0, modality_aware=False), group_size=group_size)
     _warm_up(adapter, engine, prefix)
     rss_loaded = _rss_mib()
 

@@ -1,7 +1,7 @@
 """`omnimem-train` command line.
 
     omnimem-train infer [RECIPE.yaml] [--model DIR] [--video FILE] [--audio FILE] [--context FILE]
-                        [--question "..."] [--options A B C D] [--budget N] [--policy NAME]
+                        [--question "..."] [--options A B C D] [--budget N] [--scorer NAME]
                         [--group-size N] [key=value ...]
 
 With no --video/--audio/--context, `infer` runs the embedded default: it writes a short
@@ -26,7 +26,7 @@ DEFAULT_QUESTION = "What happens in this video?"
 
 def _overrides_from_flags(args) -> list[str]:
     flags = [
-        ("model", "model_name_or_path"), ("budget", "memory.budget"), ("policy", "memory.policy"),
+        ("model", "model_name_or_path"), ("budget", "memory.budget"), ("scorer", "memory.scorer"),
         ("group_size", "memory.group_size"), ("device", "device"), ("dtype", "dtype"),
     ]
     out = [f"{key}={getattr(args, attr)}" for attr, key in flags if getattr(args, attr) is not None]
@@ -60,10 +60,10 @@ def cmd_infer(args) -> int:
     if video is None and audio is None and context is None:
         video = _demo_clip(run_dir)
         print(f"note: no --video/--audio/--context given; streaming the generated demo clip {video}", file=sys.stderr)
-    policy = build_policy(cfg.memory.policy, budget=cfg.memory.budget)
     torch.manual_seed(cfg.seed)
     adapter = load_adapter(cfg.model_name_or_path, cfg.dtype, cfg.device, cfg.attn_implementation,
                            cfg.trust_remote_code)
+    policy = build_policy(cfg.memory, len(adapter.decoder_layers))
     media, est_tokens = media_input(adapter, cfg.media, video, audio, context)
     save_config(cfg, run_dir)
     engine = StreamingEngine(adapter, policy, cfg.memory.group_size, cfg.memory.group_seconds)
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--question", default=DEFAULT_QUESTION)
     p.add_argument("--options", nargs="+", help="multiple-choice options, scored by log-likelihood")
     p.add_argument("--budget", type=int, help="retained audio+visual tokens per layer (memory.budget)")
-    p.add_argument("--policy", help="memory policy name (memory.policy)")
+    p.add_argument("--scorer", help="memory method: full or a scorer name (memory.scorer)")
     p.add_argument("--group-size", type=int, help="tokens per streaming group (memory.group_size)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", help="float32 | bfloat16 | float16")
@@ -139,7 +139,13 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    # key=value overrides may come after flags, where argparse no longer takes positionals.
+    stray = [u for u in unknown if "=" not in u or u.startswith("-")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    args.overrides += unknown
     # argparse puts key=value words into `overrides` only after the recipe; a recipe-less call
     # with overrides lands its first override in `recipe`.
     if args.recipe and "=" in args.recipe and not args.recipe.endswith((".yaml", ".yml")):

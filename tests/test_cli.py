@@ -33,7 +33,7 @@ def _run(argv, capsys):
 def test_infer_answers_and_reports_memory(clip, tmp_path, capsys):
     run = tmp_path / "run"
     code, out, err = _run(["infer", "--video", clip, "--question", "What colour?", "--budget", "40",
-                           "--policy", "recent", "--group-size", "64", f"output_dir={run}",
+                           "--scorer", "recency", "memory.sink_tokens=0", "--group-size", "64", f"output_dir={run}",
                            "generation.max_new_tokens=4"], capsys)
     assert code == 0, err
     assert "Q: What colour?" in out and "A:" in out
@@ -73,7 +73,7 @@ def test_infer_text_lm_with_context(tmp_path, capsys):
     ctx = tmp_path / "ctx.txt"
     ctx.write_text("text: [0s]\nvisual: a red square\naudio: a tone\nthe square turns green\n")
     code, out, err = _run(["infer", "--model", "builtin:tiny-llama", "--context", str(ctx), "--budget", "3",
-                           "--policy", "recent", f"output_dir={tmp_path}", "generation.max_new_tokens=2"], capsys)
+                           "--scorer", "omnimem", f"output_dir={tmp_path}", "generation.max_new_tokens=2"], capsys)
     assert code == 0, err
     layer = json.loads((tmp_path / "infer_result.json").read_text())["memory"]["layers"][0]
     assert layer["visual"] + layer["audio"] == 3
@@ -137,7 +137,7 @@ def test_missing_model_dir_is_one_line_error(clip, tmp_path, capsys):
 
 
 def test_bad_config_key_and_policy(clip, capsys):
-    code, _, err = _run(["infer", "--video", clip, "memory.polcy=recent"], capsys)
-    assert code == 2 and "memory.polcy" in err and "Traceback" not in err
-    code, _, err = _run(["infer", "--video", clip, "--policy", "nope"], capsys)
-    assert code == 2 and "nope" in err and "recent" in err and "full" in err
+    code, _, err = _run(["infer", "--video", clip, "memory.scorr=recency"], capsys)
+    assert code == 2 and "memory.scorr" in err and "Traceback" not in err
+    code, _, err = _run(["infer", "--video", clip, "--scorer", "nope"], capsys)
+    assert code == 2 and "nope" in err and "omnimem" in err and "full" in err and "frame_drop" in err

@@ -12,7 +12,7 @@ The same merge from the command line:
 
 Every problem with the input raises `ConfigError` with a one-line message that names where the
 value came from (the recipe file or the override) and the dotted key, e.g.
-`recipes/x.yaml: unknown key 'memory.polcy' (did you mean 'memory.policy'?)` or
+`recipes/x.yaml: unknown key 'memory.scorr' (did you mean 'memory.scorer'?)` or
 `override 'memory.budget=abc': key 'memory.budget': expected int or null, got 'abc'`.
 """
 
@@ -254,10 +254,10 @@ def _walk_schema(schema: type, prefix: str):
 
 
 def _suggestion(path: str, root: type) -> str:
-    """` (did you mean 'memory.policy'?)` for the closest known dotted key, else ''."""
+    """` (did you mean 'memory.scorer'?)` for the closest known dotted key, else ''."""
     candidates = [p for p, _, _ in _walk_schema(root, "")]
     match = difflib.get_close_matches(path, candidates, n=1, cutoff=0.6)
-    if not match:  # compare the last component only: 'polcy' -> 'memory.policy'
+    if not match:  # compare the last component only: 'scorr' -> 'memory.scorer'
         by_leaf = {c.rsplit(".", 1)[-1]: c for c in candidates}
         leaf = difflib.get_close_matches(path.rsplit(".", 1)[-1], list(by_leaf), n=1, cutoff=0.75)
         match = [by_leaf[leaf[0]]] if leaf else []

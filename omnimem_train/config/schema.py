@@ -104,14 +104,35 @@ class MediaConfig:
 
 @dataclass
 class MemoryConfig:
-    policy: str = field(
+    scorer: str = field(
         default="full",
-        metadata={"help": "memory policy, a name in the memory-policy registry (e.g. full, recent)"},
+        metadata={"help": "memory method: 'full' (no compression) or a scorer name (omnimem, novelty, random, "
+                          "recency, key_norm, value_norm, h2o, snapkv, keydiff, frame_drop)"},
     )
     budget: int | None = field(
         default=None,
-        metadata={"help": "audio+visual tokens retained per layer (null = unlimited)"},
+        metadata={"help": "target_size: audio+visual tokens retained per layer (null = unlimited); "
+                          "split visual:audio by rho when modality_aware"},
     )
+    compression_ratio: float | None = field(
+        default=None,
+        metadata={"help": "kvpress meaning: fraction of the seen audio/visual tokens removed (instead of budget)"},
+    )
+    budget_file: str | None = field(
+        default=None,
+        metadata={"help": "per-layer budget JSON ([[audio, visual], ...], e.g. from `omnimem-train calibrate`)"},
+    )
+    modality_aware: bool = field(
+        default=True,
+        metadata={"help": "separate audio and visual budgets (false: one pooled audio+visual budget per layer)"},
+    )
+    rho: float = field(default=5.0, metadata={"help": "visual:audio prior for splitting a budget (METHOD §4)"})
+    lam: float = field(default=0.02, metadata={"help": "lambda: attention exponent of the omnimem score (0 = novelty)"})
+    temperature: float = field(default=0.2, metadata={"help": "T: layer-allocation temperature for calibration"})
+    sink_tokens: int = field(default=4, metadata={"help": "recency: first audio/visual tokens always kept (sinks)"})
+    window: int = field(default=32, metadata={"help": "snapkv: observation window (last queries of a group)"})
+    query_block: int = field(default=256, metadata={"help": "queries per block when computing attention mass"})
+    seed: int = field(default=0, metadata={"help": "random scorer seed"})
     group_size: int = field(default=1024, metadata={"help": "tokens per streaming group"})
     group_seconds: float | None = field(
         default=None,
@@ -119,8 +140,19 @@ class MemoryConfig:
     )
 
     def __post_init__(self) -> None:
-        _text(self, "policy", "a memory-policy name")  # the memory registry checks that it exists
+        _text(self, "scorer", "a scorer name")  # the memory registry checks that it exists
         _int(self, "budget", ge=0, optional=True)
+        _require(self.compression_ratio is None or 0 <= self.compression_ratio < 1, "compression_ratio",
+                 self.compression_ratio, "a fraction in [0, 1)")
+        given = [k for k in ("budget", "compression_ratio", "budget_file") if getattr(self, k) is not None]
+        _require(len(given) <= 1, given[-1] if given else "budget", "both", "only one of budget, "
+                 "compression_ratio, budget_file", related=tuple(given))
+        _number(self, "rho", gt=0)
+        _require(self.lam >= 0, "lam", self.lam, ">= 0")
+        _number(self, "temperature", gt=0)
+        _int(self, "sink_tokens", ge=0)
+        _int(self, "window", ge=1)
+        _int(self, "query_block", ge=1)
         _int(self, "group_size", ge=1)
         _number(self, "group_seconds", gt=0, optional=True)
 

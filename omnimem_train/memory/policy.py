@@ -1,33 +1,40 @@
-"""The memory-policy interface the streaming engine calls after each layer of each group."""
+"""The memory-policy interface the streaming engine calls (one policy per stream).
+
+Per group, at every layer, the engine (1) asks `new_token_extras` for the per-token state the
+group's tokens must carry, (2) appends the group to the layer's memory, and (3) when evicting,
+calls `update`, which returns the layer's new memory. `filter_stream` may drop stream tokens
+before they reach the model at all (frame dropping).
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 
 import torch
 
+from omnimem_train.memory.context import LayerContext
 from omnimem_train.memory.layer_memory import LayerMemory
-from omnimem_train.models.base import Modality
+from omnimem_train.models.base import StreamPiece
 
 
 class MemoryPolicy(ABC):
-    """Decides which tokens a layer keeps after a group.
-
-    `select` sees the candidates [memory ; new group] of one layer (new tokens are the last
-    `n_new`) and returns the ascending indices to keep, or None to keep everything.
-    Text tokens must always be kept.
-    """
-
     name: str = "base"
 
+    def new_token_extras(self, hidden_new: torch.Tensor) -> dict[str, torch.Tensor]:
+        """hidden_new (n_new, D) -> per-token state for the group's tokens (same keys every call)."""
+        return {}
+
     @abstractmethod
-    def select(self, layer_idx: int, cand: LayerMemory, n_new: int) -> torch.Tensor | None:
-        """-> (k,) long ascending indices into `cand`, or None (keep all)."""
+    def update(self, ctx: LayerContext) -> LayerMemory:
+        """The layer's memory after this group: a subset of ctx.cand, text always included."""
+
+    def filter_stream(self, pieces: Iterable[StreamPiece]) -> Iterable[StreamPiece]:
+        return pieces
+
+    def expect(self, tokens: dict) -> None:
+        """Told before a stream how many audio/visual tokens it will hold (estimate); most ignore it."""
+        return None
 
     def describe(self) -> str:
         return self.name
-
-
-def text_mask(cand: LayerMemory) -> torch.Tensor:
-    """(n,) bool: tokens that are always kept (text, specials, delimiters)."""
-    return cand.modality == int(Modality.TEXT)

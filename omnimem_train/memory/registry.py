@@ -1,42 +1,37 @@
-"""Memory policies by name, so a recipe can say `memory.policy: recent`."""
+"""Build the memory policy a `MemoryConfig` names: `full`, `frame_drop`, or any registered scorer
+under the configured budgets."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from omnimem_train.errors import ConfigError
+from omnimem_train.memory.budgets import budgets_from_config
+from omnimem_train.memory.policies.frame_drop import FrameDropPolicy
+from omnimem_train.memory.policies.full import FullMemory
+from omnimem_train.memory.policies.scored import ScoredPolicy
 from omnimem_train.memory.policy import MemoryPolicy
+from omnimem_train.memory.scorers.base import build_scorer, scorer_names
 
-_POLICIES: dict[str, Callable[..., MemoryPolicy]] = {}
-
-
-def register_policy(name: str):
-    """Class decorator: make a policy constructible by `build_policy(name, ...)`."""
-
-    def deco(cls):
-        if name in _POLICIES:
-            raise ValueError(f"memory policy {name!r} registered twice")
-        cls.name = name
-        _POLICIES[name] = cls
-        return cls
-
-    return deco
+SPECIAL = ("full", "frame_drop")
 
 
-def known_policies() -> list[str]:
-    _load_builtin()
-    return sorted(_POLICIES)
+def known_methods() -> list[str]:
+    return sorted([*SPECIAL, *scorer_names()])
 
 
-def build_policy(name: str, **kwargs) -> MemoryPolicy:
-    """An instance of the policy registered as `name`; unknown names list the known ones."""
-    _load_builtin()
-    if name not in _POLICIES:
-        raise ConfigError(f"memory.policy: unknown policy {name!r}; known: {', '.join(sorted(_POLICIES))}")
-    return _POLICIES[name](**kwargs)
+def build_policy(cfg, n_layers: int) -> MemoryPolicy:
+    """cfg: `MemoryConfig`; n_layers: decoder layers (budget files are checked against it)."""
+    if cfg.scorer not in known_methods():
+        raise ConfigError(f"memory.scorer: unknown scorer {cfg.scorer!r}; known: {', '.join(known_methods())}")
+    if cfg.scorer == "full":
+        return FullMemory()
+    budgets = budgets_from_config(cfg, n_layers)
+    if cfg.scorer == "frame_drop":
+        return FrameDropPolicy(budgets)
+    return ScoredPolicy(build_scorer(cfg.scorer, cfg), budgets)
 
 
-def _load_builtin() -> None:
-    # Importing the package registers the shipped policies (kept out of module import time
-    # to avoid a cycle: policies import this module).
-    import omnimem_train.memory.policies  # noqa: F401
+def make_policy(scorer: str, n_layers: int, **memory_fields) -> MemoryPolicy:
+    """Shorthand: `make_policy("omnimem", 4, budget=256)` builds a `MemoryConfig` and its policy."""
+    from omnimem_train.config.schema import MemoryConfig
+
+    return build_policy(MemoryConfig(scorer=scorer, **memory_fields), n_layers)

@@ -52,6 +52,11 @@ class StreamPiece:
         end = self.end_s if stop >= len(self) else None
         return StreamPiece(self.embeds[start:stop], self.modality[start:stop], self.positions[:, start:stop], end, ids)
 
+    def take(self, idx: torch.Tensor) -> StreamPiece:
+        """Keep tokens `idx` ((k,) ascending); positions stay the original ones."""
+        ids = None if self.token_ids is None else self.token_ids[idx]
+        return StreamPiece(self.embeds[idx], self.modality[idx], self.positions[:, idx], self.end_s, ids)
+
     @staticmethod
     def cat(pieces: list[StreamPiece]) -> StreamPiece:
         ends = [p.end_s for p in pieces if p.end_s is not None]
@@ -74,6 +79,7 @@ class MediaInput:
     mel_windows: iterator of log-mel windows (n_mels, T_i) at 100 frames/s, concatenated in time
     context:     text-proxy stream for text-only LMs: list of (Modality, text) segments in time order
     duration_s:  media duration, used for group-by-seconds and reports
+    expected_tokens: estimated audio/visual tokens of the whole stream, by modality (may be empty)
     """
 
     frames: Iterator[np.ndarray] | None = None
@@ -81,6 +87,7 @@ class MediaInput:
     mel_windows: Iterator[np.ndarray] | None = None
     context: list[tuple[Modality, str]] = field(default_factory=list)
     duration_s: float | None = None
+    expected_tokens: dict[Modality, int] = field(default_factory=dict)
 
 
 class ModelAdapter(ABC):
@@ -131,6 +138,21 @@ class ModelAdapter(ABC):
         if self.position_dims == 3:
             return self.rotary_emb(hidden, positions.unsqueeze(1))  # (3, 1, L)
         return self.rotary_emb(hidden, positions)  # (1, L)
+
+    def group_queries(self, layer_idx: int, hidden: torch.Tensor, cos_sin) -> torch.Tensor:
+        """The queries layer `layer_idx` computed for a group: (1, L, D) layer-input hidden ->
+        (n_heads, L, head_dim), RoPE applied exactly as in the layer's attention."""
+        layer = self.decoder_layers[layer_idx]
+        attn = layer.self_attn
+        h = layer.input_layernorm(hidden)
+        q = attn.q_proj(h).view(*h.shape[:-1], -1, attn.head_dim)
+        if hasattr(attn, "q_norm"):  # Qwen3-style per-head query norm, applied before RoPE
+            q = attn.q_norm(q)
+        q = q.transpose(1, 2)  # (1, H, L, d)
+        cos, sin = (t.unsqueeze(1) for t in cos_sin)
+        half = q.shape[-1] // 2
+        rotated = torch.cat([-q[..., half:], q[..., :half]], dim=-1)
+        return (q * cos + rotated * sin)[0]
 
     @property
     def device(self) -> torch.device:

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from omnimem_train.memory.context import LayerContext
 from omnimem_train.memory.layer_memory import LayerMemory
 from omnimem_train.memory.policy import MemoryPolicy
 from omnimem_train.memory.report import MemoryReport, memory_report
-from omnimem_train.models.base import ModelAdapter, StreamPiece
+from omnimem_train.models.base import Modality, ModelAdapter, StreamPiece
 from omnimem_train.streaming.grouping import iter_groups
 
 
@@ -59,7 +60,7 @@ class StreamState:
     tokens_seen: int = 0  # stream tokens processed so far (the next token's stream index)
     next_pos: int = 0  # rotary position where following text continues
     groups: int = 0
-    log: list[dict] = field(default_factory=list)
+    seen: dict[Modality, int] = field(default_factory=lambda: {Modality.AUDIO: 0, Modality.VISUAL: 0})
 
     def report(self) -> MemoryReport:
         return memory_report([m for m in self.layers if m is not None], self.tokens_seen)
@@ -92,6 +93,7 @@ class StreamingEngine:
         """
         state = state or self.new_state()
         logits = []
+        pieces = self.policy.filter_stream(pieces)
         for group in iter_groups(pieces, self.group_size, self.group_seconds):
             out = self.forward(state, group, evict=True, want_logits="all" if collect_logits else "none")
             if collect_logits:
@@ -117,6 +119,7 @@ class StreamingEngine:
             modality=piece.modality.to(ad.device),
             index=torch.arange(state.tokens_seen, state.tokens_seen + n, device=ad.device),
         )
+        seen = {m: c + int((piece.modality == int(m)).sum()) for m, c in state.seen.items()}
         layers, masks = [], {}
         for i, layer in enumerate(ad.decoder_layers):
             mem = state.layers[i]
@@ -124,13 +127,15 @@ class StreamingEngine:
             n_mem = 0 if mem is None else mem.n
             if n_mem not in masks:  # layers with equal memory sizes share one mask
                 masks[n_mem] = group_mask(n_mem, n, x.dtype, x.device)
+            h_in = x
             x = layer(x, attention_mask=masks[n_mem], position_embeddings=cos_sin, cache=kv)
-            cand = LayerMemory(kv.new_keys, kv.new_values, **new_tokens)
+            cand = LayerMemory(kv.new_keys, kv.new_values, **new_tokens,
+                               extras=self.policy.new_token_extras(h_in[0]))
             cand = cand if mem is None else mem.append(cand, keys=kv.keys, values=kv.values)
             if evict:
-                keep = self.policy.select(i, cand, n)
-                if keep is not None:
-                    cand = cand.take(keep)
+                ctx = LayerContext(i, cand, n, seen, h_in[0],
+                                   lambda i=i, h=h_in: ad.group_queries(i, h, cos_sin))
+                cand = self.policy.update(ctx)
             layers.append(cand)
         if commit:
             state.layers = layers
@@ -139,6 +144,7 @@ class StreamingEngine:
             # can be below the stream's max (a video patch later in time than the final audio).
             state.next_pos = int(piece.positions[:, -1].max()) + 1
             state.groups += 1
+            state.seen = seen
         if want_logits == "none":
             return None
         h = x[0, -1:] if want_logits == "last" else x[0]

@@ -37,6 +37,7 @@ def answer_question(engine: StreamingEngine, media: MediaInput, question: str, o
     and the best letter is the answer; otherwise greedy decoding, streamed through `on_text`."""
     ad = engine.adapter
     prefix, q_ids = split_chat_prompt(ad.tokenizer, system_prompt, format_question(question, options))
+    engine.policy.expect(media.expected_tokens)
     t0 = time.perf_counter()
     state, _ = engine.prefill(ad.stream(media, prefix), on_group=on_group)
     seconds = time.perf_counter() - t0

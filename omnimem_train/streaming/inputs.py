@@ -25,12 +25,17 @@ _PREFIXES = {"visual:": Modality.VISUAL, "audio:": Modality.AUDIO, "text:": Moda
 
 def media_input(adapter: ModelAdapter, cfg: MediaConfig, video: str | None = None, audio: str | None = None,
                 context: str | None = None) -> tuple[MediaInput, int]:
-    """-> (MediaInput, estimated stream tokens for progress reporting)."""
+    """-> (MediaInput, estimated audio+visual stream tokens). `MediaInput.expected_tokens` holds the
+    per-modality estimate (progress bars; frame dropping spaces its kept steps by it)."""
     if context is not None:
         if video or audio:
             raise MediaError(f"{context}: give either a text-proxy context or video/audio, not both")
         segments = read_context(context)
-        return MediaInput(context=segments), sum(len(t) for _, t in segments) // 4
+        counts = dict.fromkeys((Modality.AUDIO, Modality.VISUAL), 0)
+        for modality, text in segments:
+            if modality in counts:
+                counts[modality] += len(adapter.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return MediaInput(context=segments, expected_tokens=counts), sum(counts.values())
     if not isinstance(adapter, Qwen2_5OmniAdapter):
         raise ModelError(f"{adapter.name}: a text-only LM cannot take video or audio; pass --context FILE")
     if video is None and audio is None:
@@ -41,7 +46,7 @@ def media_input(adapter: ModelAdapter, cfg: MediaConfig, video: str | None = Non
         seconds = probe(audio).duration_s
         windows = mel.iter_windows(iter_audio(audio))
         est = audio_tokens_for_frames(max(1, math.ceil(seconds * 100)))
-        return MediaInput(mel_windows=windows, duration_s=seconds), est
+        return MediaInput(mel_windows=windows, duration_s=seconds, expected_tokens={Modality.AUDIO: est}), est
     info = probe(video)
     if not info.has_video:
         raise MediaError(f"{video}: not a video file (no video stream)")
@@ -50,13 +55,15 @@ def media_input(adapter: ModelAdapter, cfg: MediaConfig, video: str | None = Non
     chunks = iter_audio(source) if source is not None else None
     frames = iter_frames(video, cfg.video_fps, h, w)
     n_frames = math.ceil(info.duration_s * cfg.video_fps)
-    est = math.ceil(n_frames / adapter.tps) * (h // 28) * (w // 28)
+    expected = {Modality.VISUAL: math.ceil(n_frames / adapter.tps) * (h // 28) * (w // 28), Modality.AUDIO: 0}
     windows = None
     if chunks is not None:
         windows = mel.iter_windows(chunks)
         seconds = info.duration_s if audio is None else probe(source).duration_s
-        est += audio_tokens_for_frames(max(1, math.ceil(seconds * mel.sampling_rate / mel.hop_length)))
-    return MediaInput(frames=frames, fps=cfg.video_fps, mel_windows=windows, duration_s=info.duration_s), est
+        expected[Modality.AUDIO] = audio_tokens_for_frames(max(1, math.ceil(seconds * mel.sampling_rate / mel.hop_length)))
+    media = MediaInput(frames=frames, fps=cfg.video_fps, mel_windows=windows, duration_s=info.duration_s,
+                       expected_tokens=expected)
+    return media, sum(expected.values())
 
 
 def read_context(path: str) -> list[tuple[Modality, str]]:

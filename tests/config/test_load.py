@@ -33,10 +33,10 @@ def test_defaults():
 
 
 def test_recipe_then_overrides(tmp_path):
-    recipe = _write(tmp_path, "dtype: bfloat16\nmemory:\n  budget: 128\n  policy: recent\n")
+    recipe = _write(tmp_path, "dtype: bfloat16\nmemory:\n  budget: 128\n  scorer: recency\n")
     cfg = load_config(recipe, ["memory.budget=512", "model_name_or_path=/x"])
     assert cfg.memory.budget == 512  # override beats recipe
-    assert cfg.memory.policy == "recent" and cfg.dtype == "bfloat16"  # recipe beats defaults
+    assert cfg.memory.scorer == "recency" and cfg.dtype == "bfloat16"  # recipe beats defaults
     assert cfg.memory.group_size == 1024 and cfg.model_name_or_path == "/x"
     assert isinstance(cfg, Config)
 
@@ -123,7 +123,7 @@ def test_every_recipe_starts_with_its_command(path):
 def test_shipped_recipe_values():
     tiny = load_config(RECIPES / "infer" / "tiny_omni.yaml")
     assert tiny.model_name_or_path == "builtin:tiny-omni"
-    assert (tiny.memory.policy, tiny.memory.budget, tiny.memory.group_size) == ("recent", 256, 256)
+    assert (tiny.memory.scorer, tiny.memory.budget, tiny.memory.group_size) == ("omnimem", 256, 256)
     qwen = load_config(RECIPES / "infer" / "qwen2_5_omni_7b.yaml")
     assert (qwen.dtype, qwen.device, qwen.media.video_fps, qwen.media.max_pixels) == (
         "bfloat16",
@@ -131,9 +131,9 @@ def test_shipped_recipe_values():
         2.0,
         313600,
     )
-    assert (qwen.memory.policy, qwen.memory.budget, qwen.memory.group_size) == ("recent", 8192, 16384)
+    assert (qwen.memory.scorer, qwen.memory.budget, qwen.memory.group_size) == ("omnimem", 8192, 16384)
     smol = load_config(RECIPES / "infer" / "smollm2_135m.yaml")
-    assert smol.model_name_or_path == "builtin:smollm2-135m" and smol.memory.policy == "recent"
+    assert smol.model_name_or_path == "builtin:smollm2-135m" and smol.memory.scorer == "omnimem"
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -146,9 +146,9 @@ def test_unknown_top_level_key(tmp_path):
 
 
 def test_unknown_nested_key(tmp_path):
-    message = _error(_write(tmp_path, "memory:\n  polcy: recent\n", "nested.yaml"))
-    assert "nested.yaml" in message and "unknown key 'memory.polcy'" in message
-    assert "did you mean 'memory.policy'" in message
+    message = _error(_write(tmp_path, "memory:\n  scorr: recency\n", "nested.yaml"))
+    assert "nested.yaml" in message and "unknown key 'memory.scorr'" in message
+    assert "did you mean 'memory.scorer'" in message
 
 
 def test_unknown_key_in_override():

@@ -45,7 +45,7 @@ def test_config_nests_the_sections():
         (MediaConfig, {"video_fps": 0.0}, "video_fps"),
         (MediaConfig, {"min_pixels": 100_000}, "min_pixels"),  # > default max_pixels
         (MediaConfig, {"audio": "loud"}, "audio"),
-        (MemoryConfig, {"policy": ""}, "policy"),
+        (MemoryConfig, {"scorer": ""}, "scorer"),
         (MemoryConfig, {"budget": -1}, "budget"),
         (MemoryConfig, {"group_size": 0}, "group_size"),
         (MemoryConfig, {"group_seconds": 0.0}, "group_seconds"),

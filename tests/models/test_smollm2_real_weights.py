@@ -6,7 +6,7 @@ import importlib.util
 import pytest
 import torch
 
-from omnimem_train.memory.registry import build_policy
+from omnimem_train.memory.registry import make_policy
 from omnimem_train.models.base import MediaInput, Modality
 from omnimem_train.models.prompt import split_chat_prompt
 from omnimem_train.streaming.answer import generate
@@ -29,6 +29,11 @@ FILLER = [" The sky was grey and the train was late.", " People waited on the pl
           " A dog slept under a bench near the ticket office."]
 
 
+def _recent(ad, budget):
+    """Keep the most recent `budget` audio/visual tokens per layer (pooled, no sinks)."""
+    return make_policy("recency", len(ad.decoder_layers), budget=budget, sink_tokens=0, modality_aware=False)
+
+
 def _context():
     """~150 tokens: 'visual' filler, one 'audio' needle, a little more filler after it."""
     return ([(Modality.VISUAL, f) for f in FILLER * 4] + [(Modality.AUDIO, " The secret code is 4812.")]
@@ -44,7 +49,7 @@ def test_smollm2_streaming_equals_full_forward(smollm2):
         ref_logits = ad.model(input_ids=ids).logits[0]
         ref_tokens = ad.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
                                        do_sample=False)[0, ids.shape[1]:].tolist()
-        engine = StreamingEngine(ad, build_policy("full"), group_size=64)
+        engine = StreamingEngine(ad, make_policy("full", len(ad.decoder_layers)), group_size=64)
         state, logits = engine.prefill(iter(pieces), collect_logits=True)
         q = engine.forward(state, ad.text_piece(question, state.next_pos), want_logits="all")
         assert (torch.cat([logits, q]) - ref_logits).abs().max().item() <= 1e-4
@@ -62,7 +67,7 @@ def test_smollm2_recent_window_keeps_a_recent_needle(smollm2):
     prefix, question = split_chat_prompt(ad.tokenizer, "You are a helpful assistant.", "What is the secret code?")
     answers = {}
     for budget in (80, 8):  # the needle + the filler after it is ~45 tokens
-        engine = StreamingEngine(ad, build_policy("recent", budget=budget), group_size=32)
+        engine = StreamingEngine(ad, _recent(ad, budget), group_size=32)
         with torch.no_grad():
             state, _ = engine.prefill(ad.stream(MediaInput(context=_context()), prefix))
             assert all(m.count(Modality.VISUAL) + m.count(Modality.AUDIO) <= budget for m in state.layers)

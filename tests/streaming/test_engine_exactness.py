@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from omnimem_train.memory.registry import build_policy
+from omnimem_train.memory.registry import make_policy
 from omnimem_train.models.base import MediaInput, Modality
 from omnimem_train.models.prompt import split_chat_prompt
 from omnimem_train.streaming.answer import generate
@@ -34,7 +34,7 @@ def _windows(mel, split):
 
 
 def _stream_logits(adapter, frames, mel, fps, prefix, question, group_size, split=(120, 80, 300)):
-    engine = StreamingEngine(adapter, build_policy("full"), group_size=group_size)
+    engine = StreamingEngine(adapter, make_policy("full", len(adapter.decoder_layers)), group_size=group_size)
     media = MediaInput(
         frames=iter(frames) if frames is not None else None, fps=fps,
         mel_windows=iter(_windows(mel, split)) if mel is not None else None, duration_s=6.0,
@@ -99,7 +99,7 @@ def test_omni_greedy_generation_matches_generate(tiny_omni):
     with torch.no_grad():
         ref = ad.model.generate(input_ids=input_ids, **kw, max_new_tokens=12, do_sample=False,
                                 eos_token_id=None, pad_token_id=0)[0, input_ids.shape[1]:].tolist()
-    engine = StreamingEngine(ad, build_policy("full"), group_size=40)
+    engine = StreamingEngine(ad, make_policy("full", len(ad.decoder_layers)), group_size=40)
     media = MediaInput(frames=iter(frames), fps=2.0, mel_windows=iter([mel]), duration_s=6.0)
     with torch.no_grad():
         state, _ = engine.prefill(ad.stream(media, prefix))
@@ -123,7 +123,7 @@ def test_text_lm_streaming_equals_full_forward(tiny_llama, group_size):
     ids = torch.cat([p.token_ids for p in pieces] + [torch.tensor(question)])
     with torch.no_grad():
         ref = ad.model(input_ids=ids.unsqueeze(0)).logits[0]
-        engine = StreamingEngine(ad, build_policy("full"), group_size=group_size)
+        engine = StreamingEngine(ad, make_policy("full", len(ad.decoder_layers)), group_size=group_size)
         state, logits = engine.prefill(iter(pieces), collect_logits=True)
         q = engine.forward(state, ad.text_piece(question, state.next_pos), want_logits="all")
     assert (torch.cat([logits, q]) - ref).abs().max().item() <= TOL
@@ -139,6 +139,6 @@ def test_text_lm_greedy_generation_matches_generate(tiny_llama):
     with torch.no_grad():
         ref = ad.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
                                 do_sample=False, eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:].tolist()
-        engine = StreamingEngine(ad, build_policy("full"), group_size=16)
+        engine = StreamingEngine(ad, make_policy("full", len(ad.decoder_layers)), group_size=16)
         state, _ = engine.prefill(iter(pieces))
     assert generate(engine, state, question, max_new_tokens=12, eos_ids=[]) == ref

@@ -6,11 +6,16 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from omnimem_train.memory.registry import build_policy
+from omnimem_train.memory.registry import make_policy
 from omnimem_train.models.base import MediaInput, Modality
 from omnimem_train.models.prompt import split_chat_prompt
 from omnimem_train.streaming.engine import StreamingEngine
 from tests.streaming.omni_inputs import full_inputs
+
+
+def _recent(ad, budget):
+    """Keep the most recent `budget` audio/visual tokens per layer (pooled, no sinks)."""
+    return make_policy("recency", len(ad.decoder_layers), budget=budget, sink_tokens=0, modality_aware=False)
 
 
 def _omni_media(seconds=6.0, seed=0):
@@ -31,7 +36,7 @@ def test_recent_budget_holds_after_every_group_and_layer(tiny_omni, budget, grou
     pieces = _pieces(ad, *_omni_media(), prefix)
     all_pos = torch.cat([p.positions for p in pieces], 1)
     all_mod = torch.cat([p.modality for p in pieces])
-    engine = StreamingEngine(ad, build_policy("recent", budget=budget), group_size=group_size)
+    engine = StreamingEngine(ad, _recent(ad, budget), group_size=group_size)
     checked = []
 
     def check(state, n_new):
@@ -69,7 +74,7 @@ def test_decoding_after_eviction_uses_original_positions(tiny_omni):
     prefix, question = split_chat_prompt(ad.tokenizer, "You watch.", "What was shown?")
     input_ids, kw = full_inputs(ad.tokenizer, prefix, [], frames=frames, fps=2.0, mel=mel)
     budget = 30
-    engine = StreamingEngine(ad, build_policy("recent", budget=budget), group_size=100_000)
+    engine = StreamingEngine(ad, _recent(ad, budget), group_size=100_000)
     with torch.no_grad():
         state, _ = engine.prefill(iter(_pieces(ad, frames, mel, prefix)))
         keep = state.layers[0].index
@@ -103,7 +108,7 @@ def test_group_seconds_cuts_at_chunk_boundaries(tiny_omni):
     ad = tiny_omni
     prefix, _ = split_chat_prompt(ad.tokenizer, "s", "q")
     sizes = []
-    engine = StreamingEngine(ad, build_policy("full"), group_size=None, group_seconds=4.0)
+    engine = StreamingEngine(ad, make_policy("full", len(ad.decoder_layers)), group_size=None, group_seconds=4.0)
     with torch.no_grad():
         engine.prefill(iter(_pieces(ad, *_omni_media(), prefix)), on_group=lambda s, n: sizes.append(n))
     # 6 s at 2 fps on 56 px: 8 video + 50 audio tokens per 2-s chunk. Groups: [prefix, bos, 0-4 s],
@@ -114,7 +119,7 @@ def test_group_seconds_cuts_at_chunk_boundaries(tiny_omni):
 def test_memory_report_counts_and_bytes(tiny_omni):
     ad = tiny_omni
     prefix, _ = split_chat_prompt(ad.tokenizer, "s", "q")
-    engine = StreamingEngine(ad, build_policy("recent", budget=25), group_size=32)
+    engine = StreamingEngine(ad, _recent(ad, 25), group_size=32)
     with torch.no_grad():
         state, _ = engine.prefill(iter(_pieces(ad, *_omni_media(), prefix)))
     rep = state.report()

@@ -1,3 +1,1 @@
-"""Shipped memory policies; importing this package registers them."""
-
-from omnimem_train.memory.policies import full, recent  # noqa: F401
+"""Memory policies: `full` (no compression), a scorer under budgets, frame dropping."""

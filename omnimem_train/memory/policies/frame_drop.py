@@ -1,0 +1,90 @@
+"""Uniform frame dropping before the LLM: the naive baseline at the same token budget.
+
+Whole time steps (a stream piece's tokens of one modality: a 2-s chunk's video, its audio, or a
+text-proxy segment) are kept every k-th step, k = ceil(expected tokens / budget), so the kept
+time steps are spread uniformly over the stream; nothing is evicted afterwards. A step that would
+overflow the budget is dropped too, so the budget holds even when the expectation was low.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from omnimem_train.memory.budgets import Budgets
+from omnimem_train.memory.policy import MemoryPolicy
+from omnimem_train.models.base import Modality, StreamPiece
+
+_MEDIA = (Modality.AUDIO, Modality.VISUAL)
+
+
+class FrameDropPolicy(MemoryPolicy):
+    name = "frame_drop"
+
+    def __init__(self, budgets: Budgets):
+        self.budgets = budgets
+        self.expected: dict[Modality, int] = {}
+
+    def expect(self, tokens: dict[Modality, int]) -> None:
+        self.expected = dict(tokens)
+
+    def update(self, ctx):
+        return ctx.cand
+
+    def _caps(self) -> dict:
+        """Cap per modality (or one pooled cap under key None): the tightest layer's limit."""
+        limits = self.budgets.static_limits()
+        if limits is None:
+            if self.budgets.keep_fraction is None:
+                return {}
+            f = self.budgets.keep_fraction
+            per = {m: int(self.expected.get(m, 0) * f) for m in _MEDIA}
+            return per if self.budgets.modality_aware else {None: int(sum(self.expected.values()) * f)}
+        if self.budgets.modality_aware:
+            return {Modality.AUDIO: min(x.audio for x in limits), Modality.VISUAL: min(x.visual for x in limits)}
+        return {None: min(x.pooled for x in limits)}
+
+    def filter_stream(self, pieces):
+        caps = self._caps()
+        if not caps:
+            yield from pieces
+            return
+        expected = {m: self.expected.get(m, 0) for m in _MEDIA}
+        expected[None] = sum(expected.values())
+        step_tokens = {m: [] for m in (*_MEDIA, None)}  # token counts of each step seen so far
+        kept = dict.fromkeys(caps, 0)
+        for piece in pieces:
+            keep = piece.modality == int(Modality.TEXT)
+            for m in _MEDIA:
+                mask = piece.modality == int(m)
+                n = int(mask.sum())
+                if n == 0:
+                    continue
+                key = m if m in caps else None
+                step = len(step_tokens[key])
+                step_tokens[key].append(n)
+                stride = self._stride(expected[key], caps[key], step_tokens[key])
+                if step % stride == 0 and kept[key] + n <= caps[key]:
+                    keep |= mask
+                    kept[key] += n
+            if bool(keep.all()):
+                yield piece
+            elif bool(keep.any()):
+                yield piece.take(keep.nonzero().squeeze(1))
+
+    @staticmethod
+    def _stride(expected: int, cap: int, steps: list[int]) -> int:
+        if cap <= 0:
+            return 1  # nothing fits; the overflow check drops every step
+        total = max(expected, sum(steps))
+        return max(1, math.ceil(total / cap))
+
+    def describe(self):
+        return f"frame_drop(caps={ {getattr(k, 'name', 'pooled'): v for k, v in self._caps().items()} })"
+
+
+def media_counts(pieces: list[StreamPiece]) -> dict[Modality, int]:
+    """Exact audio/visual token counts of a materialised stream (for tests and small inputs)."""
+    mod = torch.cat([p.modality for p in pieces])
+    return {m: int((mod == int(m)).sum()) for m in _MEDIA}

@@ -1,0 +1,28 @@
+"""h2o: Heavy hitters: attention accumulated over every group a token has seen (kept with the token)."""
+
+from __future__ import annotations
+
+import torch
+
+from omnimem_train.memory.attention import attention_mass
+from omnimem_train.memory.scorers.base import Scorer, register_scorer
+
+
+@register_scorer("h2o")
+class H2OScorer(Scorer):
+    """Heavy hitters: attention accumulated over every group a token has seen (kept with the token)."""
+
+    def __init__(self, query_block: int = 256):
+        self.query_block = query_block
+
+    @classmethod
+    def from_config(cls, cfg):
+        return cls(cfg.query_block)
+
+    def new_token_extras(self, hidden_new):
+        return {"acc_attn": torch.zeros(hidden_new.shape[0], dtype=torch.float32, device=hidden_new.device)}
+
+    def score(self, ctx):
+        a = attention_mass(ctx.queries().detach(), ctx.cand.keys.detach(), ctx.n_old, self.query_block)
+        ctx.cand.extras["acc_attn"] = ctx.cand.extras["acc_attn"] + a
+        return ctx.cand.extras["acc_attn"]

@@ -1,0 +1,17 @@
+"""keydiff: KeyDiff: keep keys far from the mean key (low cosine to the anchor), averaged over KV heads."""
+
+from __future__ import annotations
+
+import torch
+
+from omnimem_train.memory.scorers.base import Scorer, register_scorer
+
+
+@register_scorer("keydiff")
+class KeyDiffScorer(Scorer):
+    """KeyDiff: keep keys far from the mean key (low cosine to the anchor), averaged over KV heads."""
+
+    def score(self, ctx):
+        keys = ctx.cand.keys[0].float()  # (G, n, d)
+        anchor = keys.mean(dim=1, keepdim=True)
+        return -torch.nn.functional.cosine_similarity(keys, anchor, dim=-1).mean(0)
