@@ -3,6 +3,7 @@
     omnimem-train infer [RECIPE.yaml] [--model DIR] [--video FILE] [--audio FILE] [--context FILE]
                         [--question "..."] [--options A B C D] [--budget N] [--scorer NAME]
                         [--group-size N] [key=value ...]
+    omnimem-train calibrate RECIPE.yaml [key=value ...]
 
 With no --video/--audio/--context, `infer` runs the embedded default: it writes a short
 synthetic clip (real H.264 + AAC mp4) into the run folder and streams it through the model.
@@ -19,6 +20,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from omnimem_train.calibrate_cmd import add_parser as add_calibrate_parser
 from omnimem_train.errors import OmniMemError
 
 DEFAULT_QUESTION = "What happens in this video?"
@@ -118,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", help="float32 | bfloat16 | float16")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the model dir")
     p.set_defaults(func=cmd_infer)
+    add_calibrate_parser(sub)
     return parser
 
 

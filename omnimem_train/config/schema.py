@@ -171,6 +171,39 @@ class GenerationConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    inputs: list[str] = field(
+        default_factory=list,
+        metadata={"help": "calibration media: video files (with their audio track), audio files (.wav/.flac/...) "
+                          "or, for text-only LMs, text-proxy context files (.txt); empty = num_samples "
+                          "generated synthetic clips"},
+    )
+    num_samples: int = field(
+        default=4, metadata={"help": "synthetic clips to generate when inputs is empty (different seeds/tones)"}
+    )
+    clip_seconds: float = field(default=8.0, metadata={"help": "length of each generated synthetic clip (s)"})
+    total: int | None = field(
+        default=None,
+        metadata={"help": "audio+visual tokens over ALL layers the budget file distributes "
+                          "(null = memory.budget x number of layers)"},
+    )
+    output: str | None = field(
+        default=None,
+        metadata={"help": "budget JSON path (null = <output_dir>/budgets.json); the plot is written "
+                          "next to it with the suffix .png"},
+    )
+
+    def __post_init__(self) -> None:
+        ok = isinstance(self.inputs, list) and all(isinstance(x, str) and x.strip() for x in self.inputs)
+        _require(ok, "inputs", self.inputs, "a list of file paths")
+        _int(self, "num_samples", ge=1)
+        _number(self, "clip_seconds", gt=0)
+        _int(self, "total", ge=0, optional=True)
+        _require(self.output is None or (isinstance(self.output, str) and self.output.strip() != ""),
+                 "output", self.output, "a non-empty path or null")
+
+
+@dataclass
 class Config:
     model_name_or_path: str = field(
         default="builtin:tiny-omni",
@@ -195,6 +228,10 @@ class Config:
     memory: MemoryConfig = field(default_factory=MemoryConfig, metadata={"help": "streaming memory"})
     generation: GenerationConfig = field(
         default_factory=GenerationConfig, metadata={"help": "answer generation"}
+    )
+    calibration: CalibrationConfig = field(
+        default_factory=CalibrationConfig,
+        metadata={"help": "budget calibration (`omnimem-train calibrate`, METHOD section 4)"},
     )
 
     def __post_init__(self) -> None:

@@ -70,7 +70,7 @@ def test_budget_text_order_positions_hold_after_every_group_and_layer(streams, m
     engine = StreamingEngine(ad, new_policy(), group_size=32)
     with torch.no_grad():
         state, _ = engine.prefill(iter(pieces), on_group=check)
-    assert len(groups) >= (2 if dropped_before_llm else 4)
+    assert len(groups) >= (1 if dropped_before_llm else 4)  # frame_drop may keep no media at all
     # The budget was binding: more audio/visual tokens streamed than any layer kept.
     assert sum(media_counts(pieces).values()) > budget
     if dropped_before_llm:  # media were dropped before the model, text was not

@@ -1,7 +1,7 @@
 """Uniform frame dropping before the LLM: the naive baseline at the same token budget.
 
-Whole time steps (a stream piece's tokens of one modality: a 2-s chunk's video, its audio, or a
-text-proxy segment) are kept every k-th step, k = ceil(expected tokens / budget), so the kept
+Whole time steps (a stream piece's media: a 2-s chunk's video and audio, or a text-proxy segment;
+with modality-aware budgets each modality's part is a step of its own) are kept every k-th step, k = ceil(expected tokens / budget), so the kept
 time steps are spread uniformly over the stream; nothing is evicted afterwards. A step that would
 overflow the budget is dropped too, so the budget holds even when the expectation was low.
 """
@@ -56,12 +56,10 @@ class FrameDropPolicy(MemoryPolicy):
         kept = dict.fromkeys(caps, 0)
         for piece in pieces:
             keep = piece.modality == int(Modality.TEXT)
-            for m in _MEDIA:
-                mask = piece.modality == int(m)
+            for key, mask in self._steps(piece, caps):
                 n = int(mask.sum())
                 if n == 0:
                     continue
-                key = m if m in caps else None
                 step = len(step_tokens[key])
                 step_tokens[key].append(n)
                 stride = self._stride(expected[key], caps[key], step_tokens[key])
@@ -72,6 +70,15 @@ class FrameDropPolicy(MemoryPolicy):
                 yield piece
             elif bool(keep.any()):
                 yield piece.take(keep.nonzero().squeeze(1))
+
+    @staticmethod
+    def _steps(piece: StreamPiece, caps: dict):
+        """(cap key, token mask) of the time steps in a piece: one per modality, or one for all media."""
+        if None in caps:
+            yield None, piece.modality != int(Modality.TEXT)
+        else:
+            for m in _MEDIA:
+                yield m, piece.modality == int(m)
 
     @staticmethod
     def _stride(expected: int, cap: int, steps: list[int]) -> int:

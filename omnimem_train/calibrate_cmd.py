@@ -1,0 +1,152 @@
+"""`omnimem-train calibrate RECIPE.yaml [key=value ...]`: per-layer audio/visual budgets (METHOD §4).
+
+Streams `calibration.inputs` (or `calibration.num_samples` generated synthetic clips) through the
+model without compression, measures per-layer, per-modality attention entropy and adjacent-token
+similarity (`memory.calibrate.CalibrationCollector`), allocates `calibration.total` audio+visual
+tokens over the layers with T = memory.temperature and ρ = memory.rho, and writes the budget JSON
+(usable as memory.budget_file), a PNG plot next to it and the resolved config.yaml in output_dir.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omnimem_train.errors import ConfigError, MediaError
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac")
+CONTEXT_SUFFIXES = (".txt",)
+
+
+def _synthetic_clips(cfg, run_dir: Path) -> list[str]:
+    """`num_samples` different clips (seed i, tone 220-1045 Hz) under <output_dir>/calibration_clips."""
+    from data_prep.synthetic import write_clip
+
+    out = []
+    for i in range(cfg.calibration.num_samples):
+        path = run_dir / "calibration_clips" / f"clip_{i}_{cfg.calibration.clip_seconds:g}s.mp4"
+        if not path.exists():
+            write_clip(path, seconds=cfg.calibration.clip_seconds, width=112, height=112, fps=8,
+                       tone_hz=220.0 * (1 + 0.25 * (i % 16)), seed=cfg.seed + i)
+        out.append(str(path))
+    return out
+
+
+def _media_args(path: str) -> dict:
+    suffix = Path(path).suffix.lower()
+    if suffix in CONTEXT_SUFFIXES:
+        return {"context": path}
+    if suffix in AUDIO_SUFFIXES:
+        return {"audio": path}
+    return {"video": path}
+
+
+def _check_total(cfg) -> None:
+    if cfg.calibration.total is None and cfg.memory.budget is None:
+        raise ConfigError("calibration.total: not set and memory.budget is null; set calibration.total=N "
+                          "(audio+visual tokens over all layers) or memory.budget=N (per layer)")
+
+
+def _total(cfg, n_layers: int) -> int:
+    _check_total(cfg)
+    return cfg.calibration.total if cfg.calibration.total is not None else cfg.memory.budget * n_layers
+
+
+def _fmt(x: float | None, width: int = 7) -> str:
+    return f"{'-':>{width}}" if x is None else f"{x:>{width}.3f}"
+
+
+def format_table(stats, scores, layers) -> str:
+    """One line per layer: E and c by modality, g_all, the layer's share and its [audio, visual]."""
+    head = (f"{'layer':>5} {'E_aud':>7} {'E_vis':>7} {'E_all':>7} {'c_aud':>7} {'c_vis':>7} {'c_all':>7} "
+            f"{'g_all':>7} {'audio':>7} {'visual':>7} {'total':>7}")
+    lines = [head]
+    for i, (a, v) in enumerate(layers):
+        e, c = stats.entropy, stats.cosine
+        lines.append(f"{i:>5} {_fmt(e['audio'][i])} {_fmt(e['visual'][i])} {_fmt(e['all'][i])} "
+                     f"{_fmt(c['audio'][i])} {_fmt(c['visual'][i])} {_fmt(c['all'][i])} {_fmt(scores[i]['all'])} "
+                     f"{a:>7} {v:>7} {a + v:>7}")
+    sa, sv = sum(a for a, _ in layers), sum(v for _, v in layers)
+    lines.append(f"{'sum':>5} {'':>55} {sa:>7} {sv:>7} {sa + sv:>7}")
+    return "\n".join(lines)
+
+
+def cmd_calibrate(args) -> int:
+    import torch
+
+    from omnimem_train.config import load_config, save_config
+    from omnimem_train.memory.calibrate import CalibrationCollector, allocate, layer_scores, write_budget_file
+    from omnimem_train.memory.plots import plot_budgets
+    from omnimem_train.models.load import load_adapter
+    from omnimem_train.models.prompt import split_chat_prompt
+    from omnimem_train.models.qwen2_5_omni import Qwen2_5OmniAdapter
+    from omnimem_train.streaming.engine import StreamingEngine
+    from omnimem_train.streaming.inputs import media_input
+
+    cfg = load_config(args.recipe, args.overrides)
+    run_dir = Path(cfg.output_dir)
+    output = Path(cfg.calibration.output) if cfg.calibration.output else run_dir / "budgets.json"
+    plot_path = output.with_suffix(".png")
+    _check_total(cfg)  # before loading the model: fail fast
+    torch.manual_seed(cfg.seed)
+    adapter = load_adapter(cfg.model_name_or_path, cfg.dtype, cfg.device, cfg.attn_implementation,
+                           cfg.trust_remote_code)
+    n_layers = len(adapter.decoder_layers)
+    total = _total(cfg, n_layers)
+    inputs = list(cfg.calibration.inputs)
+    if not inputs:
+        if not isinstance(adapter, Qwen2_5OmniAdapter):
+            raise ConfigError(f"calibration.inputs: empty, and {cfg.model_name_or_path} is a text-only LM; "
+                              "synthetic clips need an audio-visual model, give text-proxy context files (.txt)")
+        inputs = _synthetic_clips(cfg, run_dir)
+        print(f"note: calibration.inputs is empty; streaming {len(inputs)} generated "
+              f"{cfg.calibration.clip_seconds:g}-s clips", file=sys.stderr)
+    save_config(cfg, run_dir)
+    prefix, _ = split_chat_prompt(adapter.tokenizer, cfg.generation.system_prompt, "")
+    collector = CalibrationCollector(n_layers, cfg.memory.query_block)
+    used = []
+    for k, path in enumerate(inputs):
+        one = CalibrationCollector(n_layers, cfg.memory.query_block)  # merged only if the whole stream reads
+        engine = StreamingEngine(adapter, one, cfg.memory.group_size, cfg.memory.group_seconds)
+        try:
+            media, _ = media_input(adapter, cfg.media, **_media_args(path))
+            with torch.no_grad():
+                state, _ = engine.prefill(adapter.stream(media, prefix))
+        except MediaError as e:
+            print(f"warning: skipping calibration input {k + 1}/{len(inputs)}: {e}", file=sys.stderr)
+            continue
+        collector.merge(one)
+        used.append(path)
+        t = one.tokens
+        print(f"sample {k + 1}/{len(inputs)}: {path}: {state.tokens_seen} tokens "
+              f"({t['visual']} visual, {t['audio']} audio, {t['text']} text)", file=sys.stderr, flush=True)
+    if not used:
+        raise MediaError(f"none of the {len(inputs)} calibration inputs could be read")
+    stats = collector.stats()
+    if all(e is None for e in stats.entropy["all"]):
+        raise MediaError("the calibration inputs hold no audio or visual tokens; nothing to calibrate")
+    temperature, rho = cfg.memory.temperature, cfg.memory.rho
+    layers = allocate(stats, total, temperature, rho)
+    scores = layer_scores(stats)
+    per_layer = [{"layer": i, **row, "g": scores[i]} for i, row in enumerate(stats.per_layer())]
+    meta = {"total": total, "temperature": temperature, "rho": rho, "model": cfg.model_name_or_path,
+            "samples": stats.samples, "inputs": used, "tokens": stats.tokens, "stats": per_layer}
+    write_budget_file(output, layers, meta)
+    audio = sum(a for a, _ in layers)
+    title = (f"{cfg.model_name_or_path}: {total} audio+visual tokens over {n_layers} layers\n"
+             f"T={temperature:g}, rho={rho:g}, audio {audio / max(total, 1):.1%}, {stats.samples} samples")
+    plot_budgets(layers, plot_path, title)
+    print(format_table(stats, scores, layers))
+    print(f"budgets: {output}  (use it with memory.budget_file={output})")
+    print(f"plot:    {plot_path}")
+    print(f"config:  {run_dir / 'config.yaml'}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    """Register `calibrate` on the `omnimem-train` subparsers."""
+    p = sub.add_parser("calibrate", help="measure per-layer attention entropy/similarity on uncompressed runs "
+                                         "and write a per-layer audio/visual budget file (METHOD section 4)")
+    p.add_argument("recipe", nargs="?", help="recipe YAML (e.g. recipes/calibrate/tiny_omni.yaml)")
+    p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. calibration.total=4096)")
+    p.set_defaults(func=cmd_calibrate)
