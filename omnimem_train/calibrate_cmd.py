@@ -94,6 +94,10 @@ def cmd_calibrate(args) -> int:
     n_layers = len(adapter.decoder_layers)
     total = _total(cfg, n_layers)
     inputs = list(cfg.calibration.inputs)
+    media_inputs = [p for p in inputs if "context" not in _media_args(p)]
+    if media_inputs and not isinstance(adapter, Qwen2_5OmniAdapter):
+        raise ConfigError(f"calibration.inputs: {media_inputs[0]}: {cfg.model_name_or_path} is a text-only LM; "
+                          "it takes text-proxy context files (.txt) only")
     if not inputs:
         if not isinstance(adapter, Qwen2_5OmniAdapter):
             raise ConfigError(f"calibration.inputs: empty, and {cfg.model_name_or_path} is a text-only LM; "
