@@ -233,6 +233,45 @@ class Config:
         default_factory=CalibrationConfig,
         metadata={"help": "budget calibration (`omnimem-train calibrate`, METHOD section 4)"},
     )
+    # --- training (`omnimem-train train`; LLaMA-Factory key names) ---------------------------
+    dataset: str | None = field(default=None, metadata={"help": "training manifest (JSONL, see omnimem_train/data)"})
+    dataset_split: str = field(default="train", metadata={"help": "manifest split to train on"})
+    compression: str = field(
+        default="streaming",
+        metadata={"help": "streaming: train through the compressed group-wise forward (memory.*); "
+                          "none: plain full-context training (one group, nothing evicted)"},
+    )
+    finetuning_type: str = field(default="lora", metadata={"help": "lora | full"})
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    lora_target: str = field(
+        default="q_proj,k_proj,v_proj",
+        metadata={"help": "comma-separated LLM-decoder projections (q/k/v/o_proj, gate/up/down_proj); "
+                          "anchored to the language-model layers, never the audio/vision towers"},
+    )
+    train_encoders: bool = field(default=False, metadata={"help": "also train audio/vision towers (full fine-tuning)"})
+    deepspeed: str | None = field(default=None, metadata={"help": "zero2 | zero3 | path to a DeepSpeed JSON"})
+    per_device_train_batch_size: int = field(default=1, metadata={"help": "samples per device per step"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "steps accumulated per update"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "peak learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "fraction of steps of linear warm-up"})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers scheduler name"})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "epochs (ignored when max_steps > 0)"})
+    max_steps: int = field(default=-1, metadata={"help": "total optimizer steps (-1: from epochs)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    logging_steps: int = field(default=1, metadata={"help": "log every N steps"})
+    save_steps: int = field(default=500, metadata={"help": "checkpoint every N steps"})
+    save_total_limit: int | None = field(default=None, metadata={"help": "keep at most N checkpoints"})
+    report_to: str = field(default="wandb", metadata={"help": "wandb | none (wandb runs offline unless WANDB_MODE is set)"})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "checkpoint folder to resume from, or 'latest' in output_dir"}
+    )
+    gradient_checkpointing: bool = field(
+        default=True, metadata={"help": "recompute each streaming group in backward (memory bounded by the budget)"}
+    )
+    dataloader_num_workers: int = field(default=0, metadata={"help": "data loader worker processes"})
 
     def __post_init__(self) -> None:
         _text(self, "model_name_or_path", "a model directory, hub id or builtin:<name>")
@@ -243,3 +282,22 @@ class Config:
         _bool(self, "trust_remote_code")
         _text(self, "output_dir", "a non-empty path")
         _int(self, "seed")
+        _choice(self, "compression", ("streaming", "none"))
+        _choice(self, "finetuning_type", ("lora", "full"))
+        _int(self, "lora_rank", ge=1)
+        _number(self, "lora_alpha", gt=0)
+        _require(isinstance(self.lora_dropout, (int, float)) and 0 <= self.lora_dropout < 1, "lora_dropout",
+                 self.lora_dropout, "a number in [0, 1)")
+        _text(self, "lora_target", "comma-separated projection names")
+        _int(self, "per_device_train_batch_size", ge=1)
+        _int(self, "gradient_accumulation_steps", ge=1)
+        _number(self, "learning_rate", gt=0)
+        _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
+        _require(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "a fraction in [0, 1)")
+        _number(self, "num_train_epochs", gt=0)
+        _int(self, "max_steps", ge=-1)
+        _int(self, "logging_steps", ge=1)
+        _int(self, "save_steps", ge=1)
+        _int(self, "save_total_limit", ge=1, optional=True)
+        _choice(self, "report_to", ("wandb", "none"))
+        _int(self, "dataloader_num_workers", ge=0)

@@ -35,7 +35,8 @@ class LayerContext:
         if self._queries is None:
             if self._queries_fn is None:
                 raise RuntimeError("this context has no query function")
-            self._queries = self._queries_fn()
+            with torch.no_grad():  # selection is not differentiated (METHOD §5)
+                self._queries = self._queries_fn()
         return self._queries
 
     @property

@@ -48,3 +48,14 @@ def score_options(engine: StreamingEngine, state: StreamState, question_ids: lis
             ll += float(logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].sum())
         scores.append(ll)
     return scores
+
+
+def answer_loss(engine: StreamingEngine, state: StreamState, question_ids: list[int],
+                answer_ids: list[int]) -> torch.Tensor:
+    """Mean cross-entropy of `answer_ids` given the stream's memory and the question (the answer
+    tokens only; nothing is committed). Differentiable through the retained memory."""
+    ad = engine.adapter
+    ids = list(question_ids) + list(answer_ids)
+    logits = engine.forward(state, ad.text_piece(ids[:-1], state.next_pos), commit=False, want_logits="all")
+    targets = torch.tensor(answer_ids, device=logits.device)
+    return torch.nn.functional.cross_entropy(logits[len(question_ids) - 1 :].float(), targets)

@@ -85,17 +85,20 @@ class StreamingEngine:
         state: StreamState | None = None,
         on_group: Callable[[StreamState, int], None] | None = None,
         collect_logits: bool = False,
+        checkpoint: bool = False,
     ) -> tuple[StreamState, torch.Tensor | None]:
         """Stream `pieces` in groups with eviction after every layer.
 
         Returns the state and, if `collect_logits`, the (N, vocab) logits of every stream token
-        (only meaningful for checks: a real stream never materialises them).
+        (only meaningful for checks: a real stream never materialises them). `checkpoint`: see
+        `forward` (training).
         """
         state = state or self.new_state()
         logits = []
         pieces = self.policy.filter_stream(pieces)
         for group in iter_groups(pieces, self.group_size, self.group_seconds):
-            out = self.forward(state, group, evict=True, want_logits="all" if collect_logits else "none")
+            out = self.forward(state, group, evict=True, want_logits="all" if collect_logits else "none",
+                               checkpoint=checkpoint)
             if collect_logits:
                 logits.append(out)
             if on_group is not None:
@@ -103,43 +106,27 @@ class StreamingEngine:
         return state, (torch.cat(logits) if collect_logits and logits else None)
 
     def forward(self, state: StreamState, piece: StreamPiece, *, evict: bool = False, commit: bool = True,
-                want_logits: str = "none") -> torch.Tensor | None:
+                want_logits: str = "none", checkpoint: bool = False) -> torch.Tensor | None:
         """Run one group through every layer.
 
         piece: L tokens. evict: apply the policy after each layer. commit: store the result in
         `state` (False: score a continuation without changing memory). want_logits: "none",
-        "last" -> (vocab,), or "all" -> (L, vocab).
+        "last" -> (vocab,), or "all" -> (L, vocab). checkpoint: with autograd on, keep only the
+        group's inputs and recompute the group in backward (activation memory per group is then
+        its embeddings plus the budget-bounded memory it read).
         """
-        ad = self.adapter
-        x = piece.embeds.to(ad.device, ad.dtype).unsqueeze(0)  # (1, L, D)
-        n = x.shape[1]
-        cos_sin = ad.rotary(x, piece.positions.to(ad.device))
-        new_tokens = dict(
-            positions=piece.positions.to(ad.device),
-            modality=piece.modality.to(ad.device),
-            index=torch.arange(state.tokens_seen, state.tokens_seen + n, device=ad.device),
-        )
         seen = {m: c + int((piece.modality == int(m)).sum()) for m, c in state.seen.items()}
-        layers, masks = [], {}
-        for i, layer in enumerate(ad.decoder_layers):
-            mem = state.layers[i]
-            kv = _GroupKV(mem)
-            n_mem = 0 if mem is None else mem.n
-            if n_mem not in masks:  # layers with equal memory sizes share one mask
-                masks[n_mem] = group_mask(n_mem, n, x.dtype, x.device)
-            h_in = x
-            x = layer(x, attention_mask=masks[n_mem], position_embeddings=cos_sin, cache=kv)
-            cand = LayerMemory(kv.new_keys, kv.new_values, **new_tokens,
-                               extras=self.policy.new_token_extras(h_in[0]))
-            cand = cand if mem is None else mem.append(cand, keys=kv.keys, values=kv.values)
-            if evict:
-                ctx = LayerContext(i, cand, n, seen, h_in[0],
-                                   lambda i=i, h=h_in: ad.group_queries(i, h, cos_sin))
-                cand = self.policy.update(ctx)
-            layers.append(cand)
+        if checkpoint and torch.is_grad_enabled():
+            # The recompute must keep the same tokens: record the kept stream indices on the first
+            # pass and replay them (random scorers, running statistics would otherwise diverge).
+            replay: dict[int, torch.Tensor] = {}
+            layers, x = torch.utils.checkpoint.checkpoint(
+                self._run_layers, state.layers, piece, state.tokens_seen, seen, evict, replay, use_reentrant=False)
+        else:
+            layers, x = self._run_layers(state.layers, piece, state.tokens_seen, seen, evict, None)
         if commit:
             state.layers = layers
-            state.tokens_seen += n
+            state.tokens_seen += len(piece)
             # Text continues after the *last* token's position (as get_rope_index does), which
             # can be below the stream's max (a video patch later in time than the final audio).
             state.next_pos = int(piece.positions[:, -1].max()) + 1
@@ -148,5 +135,51 @@ class StreamingEngine:
         if want_logits == "none":
             return None
         h = x[0, -1:] if want_logits == "last" else x[0]
-        out = ad.lm_head(ad.final_norm(h))
+        out = self.adapter.lm_head(self.adapter.final_norm(h))
         return out[0] if want_logits == "last" else out
+
+    def _run_layers(self, memories: list[LayerMemory | None], piece: StreamPiece, first_index: int,
+                    seen: dict[Modality, int], evict: bool, replay: dict[int, torch.Tensor] | None):
+        """-> (new memory per layer, (1, L, D) final hidden states before the norm)."""
+        ad = self.adapter
+        x = piece.embeds.to(ad.device, ad.dtype).unsqueeze(0)  # (1, L, D)
+        n = x.shape[1]
+        cos_sin = ad.rotary(x, piece.positions.to(ad.device))
+        new_tokens = dict(
+            positions=piece.positions.to(ad.device),
+            modality=piece.modality.to(ad.device),
+            index=torch.arange(first_index, first_index + n, device=ad.device),
+        )
+        layers, masks = [], {}
+        for i, layer in enumerate(ad.decoder_layers):
+            mem = memories[i]
+            kv = _GroupKV(mem)
+            n_mem = 0 if mem is None else mem.n
+            if n_mem not in masks:  # layers with equal memory sizes share one mask
+                masks[n_mem] = group_mask(n_mem, n, x.dtype, x.device)
+            h_in = x
+            x = layer(x, attention_mask=masks[n_mem], position_embeddings=cos_sin, cache=kv)
+            cand = LayerMemory(kv.new_keys, kv.new_values, **new_tokens,
+                               extras=self.policy.new_token_extras(h_in[0].detach()))
+            cand = cand if mem is None else mem.append(cand, keys=kv.keys, values=kv.values)
+            if evict:
+                cand = self._evict(i, cand, n, seen, h_in, cos_sin, replay)
+            layers.append(cand)
+        return layers, x
+
+    def _evict(self, i, cand: LayerMemory, n: int, seen, h_in, cos_sin, replay) -> LayerMemory:
+        """Apply the policy to layer i's candidates. Selection runs without autograd (indices are
+        not differentiated); only the gather of the kept keys/values is recorded, identically on
+        the first pass and on a checkpoint recompute (which replays the recorded indices)."""
+        if replay is not None and i in replay:
+            keep = replay[i]
+            return cand if keep is None else cand.take(keep)
+        ctx = LayerContext(i, cand, n, seen, h_in[0], lambda: self.adapter.group_queries(i, h_in, cos_sin))
+        with torch.no_grad():
+            chosen = self.policy.update(ctx)
+        keep = None if chosen.n == cand.n else torch.searchsorted(cand.index, chosen.index)
+        if replay is not None:
+            replay[i] = keep
+        kept = cand if keep is None else cand.take(keep)
+        kept.extras = chosen.extras  # per-token state the policy updated (never differentiated)
+        return kept

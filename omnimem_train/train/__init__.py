@@ -1,0 +1,1 @@
+"""Training: HF Trainer integration, DeepSpeed configs and launch helpers."""
