@@ -449,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"rho={c['rho']:.2f}); group {c['group']} tokens ({c['group_audio']} audio); forward "
                       f"{c['fwd_ms']:.0f} ms {c['fwd_all']}; omnimem {c['rows']['omnimem']['sel_ms']:.1f} ms "
                       f"{c['rows']['omnimem']['all_ms']}, snapkv {c['rows']['snapkv']['sel_ms']:.1f} ms "
-                      f"{c['rows']['snapkv']['all_ms']} ({time.perf_counter() - t1:.0f} s)", flush=True)
+                      f"{c['rows']['snapkv']['all_ms']} ({time.perf_counter() - t1:.0f} s, load avg "
+                      f"{os.getloadavg()[0]:.2f})", flush=True)
         all_cases[model] = cases
         del ad, state, hidden, stream
 

@@ -4,6 +4,7 @@
                         [--question "..."] [--options A B C D] [--budget N] [--scorer NAME]
                         [--group-size N] [key=value ...]
     omnimem-train calibrate RECIPE.yaml [key=value ...]
+    omnimem-train train RECIPE.yaml [key=value ...]      (multi-process: ./launch.sh RECIPE.yaml)
 
 With no --video/--audio/--context, `infer` runs the embedded default: it writes a short
 synthetic clip (real H.264 + AAC mp4) into the run folder and streams it through the model.
@@ -101,6 +102,17 @@ def cmd_infer(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from omnimem_train.config import load_config
+    from omnimem_train.train.run import run_training
+
+    cfg = load_config(args.recipe, args.overrides)
+    trainer = run_training(cfg)
+    if trainer.is_world_process_zero():
+        print(f"saved: {cfg.output_dir} (metrics: {cfg.output_dir}/metrics.jsonl)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omnimem-train", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the model dir")
     p.set_defaults(func=cmd_infer)
     add_calibrate_parser(sub)
+    p = sub.add_parser("train", help="budget-aware fine-tuning through the streaming forward (LoRA or full)")
+    p.add_argument("recipe", nargs="?", help="recipe YAML (e.g. recipes/train/tiny_cpu.yaml)")
+    p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. learning_rate=1e-4)")
+    p.set_defaults(func=cmd_train)
     return parser
 
 

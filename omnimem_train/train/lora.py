@@ -8,6 +8,8 @@ Encoders and projectors stay frozen unless `train_encoders` is set.
 
 from __future__ import annotations
 
+import warnings
+
 from torch import nn
 
 from omnimem_train.errors import ConfigError
@@ -39,7 +41,9 @@ def prepare_model(model: nn.Module, cfg) -> nn.Module:
 
     lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=lora_target_regex(cfg.lora_target), bias="none")
-    model = get_peft_model(model, lora)
+    with warnings.catch_warnings():  # peft probes a deprecated transformers attribute
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = get_peft_model(model, lora)
     if cfg.train_encoders:
         for name, p in model.base_model.model.named_parameters():
             if name.startswith(ENCODER_PREFIXES):

@@ -1,0 +1,129 @@
+"""The training recipe, top to bottom: `omnimem-train train RECIPE.yaml [key=value ...]`.
+
+setup (environment, model, what trains, memory policy, data) -> train (HF Trainer, resumable)
+-> save (adapter or full weights + tokenizer + resolved config + memory settings).
+Launch multi-process runs with `./launch.sh RECIPE.yaml` (DeepSpeed launcher).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from omnimem_train.config.load import save_config
+from omnimem_train.errors import ConfigError
+
+
+def _setup_environment(cfg) -> None:
+    os.environ.setdefault("WANDB_MODE", "offline")  # never require an account or the network
+    os.environ.setdefault("WANDB_DIR", cfg.output_dir)
+    os.environ.setdefault("WANDB_PROJECT", "omnimem-train")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if cfg.deepspeed:
+        from omnimem_train.train.deepspeed import (
+            default_extensions_dir,
+            ensure_single_process_dist_env,
+            patch_accelerate_cpu_backend,
+        )
+
+        default_extensions_dir()
+        ensure_single_process_dist_env()  # a plain `python -m` run still needs RANK/WORLD_SIZE/...
+        patch_accelerate_cpu_backend()  # no-op with a GPU
+
+
+def _training_args(cfg, hidden_size: int):
+    from transformers import TrainingArguments
+
+    on_gpu = torch.cuda.is_available() and cfg.device != "cpu"
+    extra = {}
+    if cfg.deepspeed:
+        from omnimem_train.train.deepspeed import (
+            deepspeed_config_for_device,
+            precision_args,
+            resolve_deepspeed,
+        )
+
+        ds = deepspeed_config_for_device(resolve_deepspeed(cfg.deepspeed), on_gpu, hidden_size=hidden_size)
+        extra.update(deepspeed=ds, **precision_args(ds))
+    else:
+        extra.update(use_cpu=not on_gpu, bf16=on_gpu and cfg.dtype == "bfloat16")
+    return TrainingArguments(
+        output_dir=cfg.output_dir, per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
+        # warmup_steps < 1 is a fraction of the steps in transformers 5
+        weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler_type,
+        num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps, max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to], seed=cfg.seed, data_seed=cfg.seed,
+        remove_unused_columns=False, dataloader_num_workers=cfg.dataloader_num_workers,
+        **extra,
+    )
+
+
+def build_objective(cfg):
+    """(objective module, adapter): the model to train wrapped with its streaming engine."""
+    from omnimem_train.memory.policies.full import FullMemory
+    from omnimem_train.memory.registry import build_policy
+    from omnimem_train.models.load import load_adapter
+    from omnimem_train.streaming.engine import StreamingEngine
+    from omnimem_train.train.lora import prepare_model
+    from omnimem_train.train.objective import StreamingObjective
+
+    adapter = load_adapter(cfg.model_name_or_path, cfg.dtype, cfg.device, cfg.attn_implementation,
+                           cfg.trust_remote_code)
+    inner = prepare_model(adapter.model, cfg)
+    if cfg.compression == "none":  # plain full-context training: one group, nothing evicted
+        engine = StreamingEngine(adapter, FullMemory(), group_size=1 << 30)
+    else:
+        engine = StreamingEngine(adapter, build_policy(cfg.memory, len(adapter.decoder_layers)),
+                                 cfg.memory.group_size, cfg.memory.group_seconds)
+    objective = StreamingObjective(inner, adapter, engine, cfg.media, cfg.generation.system_prompt,
+                                   checkpoint=cfg.gradient_checkpointing, train_encoders=cfg.train_encoders)
+    return objective, adapter
+
+
+def _resume_path(cfg) -> str | None:
+    if cfg.resume_from_checkpoint in (None, ""):
+        return None
+    if cfg.resume_from_checkpoint == "latest":
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(cfg.output_dir) if Path(cfg.output_dir).is_dir() else None
+        if last is None:
+            raise ConfigError(f"resume_from_checkpoint: no checkpoint-* folder in {cfg.output_dir}")
+        return last
+    if not Path(cfg.resume_from_checkpoint).is_dir():
+        raise ConfigError(f"resume_from_checkpoint: {cfg.resume_from_checkpoint}: not a checkpoint folder")
+    return cfg.resume_from_checkpoint
+
+
+def run_training(cfg):
+    """Train per `cfg`; returns the Trainer (its state has the log history)."""
+    from omnimem_train.data.manifest import read_manifest, to_dataset
+    from omnimem_train.train.lora import trainable_summary
+    from omnimem_train.train.trainer import DataPosition, JsonlMetrics, StreamingTrainer, collate
+
+    if not cfg.dataset:
+        raise ConfigError("dataset: required for training (a manifest JSONL, e.g. from data_prep)")
+    samples = read_manifest(cfg.dataset, split=cfg.dataset_split, check_media=True)
+    if not samples:
+        raise ConfigError(f"dataset: {cfg.dataset}: no samples in split {cfg.dataset_split!r}")
+    resume = _resume_path(cfg)
+    if cfg.deepspeed:  # fail on a bad name before any model is loaded
+        from omnimem_train.train.deepspeed import resolve_deepspeed
+
+        resolve_deepspeed(cfg.deepspeed)
+    _setup_environment(cfg)
+    torch.manual_seed(cfg.seed)
+    objective, adapter = build_objective(cfg)
+    args = _training_args(cfg, adapter.model.config.get_text_config().hidden_size)
+    trainer = StreamingTrainer(model=objective, args=args, train_dataset=to_dataset(samples), data_collator=collate,
+                               callbacks=[JsonlMetrics(), DataPosition()], run_cfg=cfg)
+    if trainer.is_world_process_zero():
+        print(trainable_summary(objective.inner), flush=True)
+        save_config(cfg, cfg.output_dir)
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(cfg.output_dir)
+    return trainer

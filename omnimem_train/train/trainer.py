@@ -1,0 +1,110 @@
+"""`StreamingTrainer`: HF `Trainer` whose loss is the streaming objective, plus its callbacks.
+
+The model the Trainer holds is a `StreamingObjective` (the peft/full model inside, driven group by
+group by the streaming engine). Saving writes the inner model's `save_pretrained` output (LoRA
+adapter or full weights), the tokenizer, the resolved config and the memory settings used; a
+checkpoint folder also records the data position.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from omnimem_train.config.load import config_to_dict, save_config
+from omnimem_train.train.objective import Example
+
+MEMORY_FILE = "omnimem_memory.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+def collate(rows: list[dict]) -> list[Example]:
+    """Manifest rows (from `data.manifest.to_dataset`) -> training examples."""
+    return [
+        Example(video=r["video"], audio=r["audio"], question=r["question"], options=list(r["options"]),
+                answer=r["answer_text"], context=json.loads(r["extra"] or "{}").get("context"))
+        for r in rows
+    ]
+
+
+def memory_settings(cfg) -> dict:
+    """The memory settings a trained model should be served with (read back by inference)."""
+    m = config_to_dict(cfg)["memory"]
+    return {"compression": cfg.compression, **m}
+
+
+class StreamingTrainer(Trainer):
+    def __init__(self, *args, run_cfg=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.run_cfg = run_cfg
+        # Our loss is already a per-sample mean: let the Trainer divide by accumulation steps.
+        self.model_accepts_loss_kwargs = False
+        self._memory: list[tuple[float, int]] = []
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = model(inputs)
+        objective = self.accelerator.unwrap_model(model)
+        for rep in objective.last_reports:
+            self._memory.append((rep.mean("visual") + rep.mean("audio"), rep.total_bytes))
+        return (loss, None) if return_outputs else loss
+
+    def log(self, logs: dict, start_time=None) -> None:
+        if self._memory and "loss" in logs:  # retained memory per step, averaged since the last log
+            logs["memory_tokens_per_layer"] = round(sum(t for t, _ in self._memory) / len(self._memory), 2)
+            logs["memory_mib"] = round(sum(b for _, b in self._memory) / len(self._memory) / 2**20, 4)
+            self._memory = []
+        super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        objective = self.accelerator.unwrap_model(self.model)
+        if state_dict is not None:  # gathered by the Trainer (ZeRO-3): keys carry our "inner." prefix
+            state_dict = {k[len("inner."):]: v for k, v in state_dict.items() if k.startswith("inner.")}
+        objective.inner.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
+        objective.adapter.tokenizer.save_pretrained(output_dir)
+        if self.run_cfg is not None:
+            save_config(self.run_cfg, output_dir)
+            Path(output_dir, MEMORY_FILE).write_text(json.dumps(memory_settings(self.run_cfg), indent=2))
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Non-DeepSpeed resume: put the checkpoint's adapter (or full) weights into the inner model."""
+        from peft import PeftModel, set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        inner = self.accelerator.unwrap_model(model or self.model).inner
+        if isinstance(inner, PeftModel):
+            set_peft_model_state_dict(inner, load_file(os.path.join(resume_from_checkpoint, "adapter_model.safetensors")))
+        else:
+            from transformers.modeling_utils import load_sharded_checkpoint
+
+            load_sharded_checkpoint(inner, resume_from_checkpoint, strict=False)
+
+
+class JsonlMetrics(TrainerCallback):
+    """Append every log record to `<output_dir>/metrics.jsonl` (rank 0), next to the run."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with open(os.path.join(args.output_dir, METRICS_FILE), "a") as f:
+                f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+
+class DataPosition(TrainerCallback):
+    """Write where in the data a checkpoint stands (the Trainer resumes from the same point)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if ckpt.is_dir():
+            world = max(args.world_size, 1)
+            pos = {"global_step": state.global_step, "epoch": state.epoch,
+                   "samples_seen": state.global_step * args.per_device_train_batch_size
+                   * args.gradient_accumulation_steps * world}
+            (ckpt / "data_position.json").write_text(json.dumps(pos, indent=2))

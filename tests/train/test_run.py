@@ -1,0 +1,86 @@
+"""`omnimem-train train` in one process: it learns, only LoRA moves, checkpoints resume exactly,
+wandb stays offline, and bad recipe values fail at start-up naming the key."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from omnimem_train.cli import main
+from omnimem_train.config import load_config
+from omnimem_train.models.builtin import build_tiny_model
+from omnimem_train.train.run import run_training
+
+RECIPE = "recipes/train/tiny_cpu.yaml"
+
+
+def _cfg(tiny_manifest, out, *extra):
+    return load_config(RECIPE, [f"dataset={tiny_manifest}", f"output_dir={out}", "report_to=none",
+                                "per_device_train_batch_size=1", "memory.group_size=16", "memory.budget=20", *extra])
+
+
+def _adapter(path):
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def test_training_learns_moves_only_lora_and_saves(tiny_manifest, tmp_path):
+    cfg = _cfg(tiny_manifest, tmp_path / "run", "max_steps=8", "save_steps=4", "learning_rate=1e-2")
+    trainer = run_training(cfg)
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    assert len(losses) == 8 and sum(losses[-2:]) < sum(losses[:2])  # it learns
+    assert all(r["memory_tokens_per_layer"] <= 20 for r in trainer.state.log_history if "loss" in r)
+    # Frozen weights are bit-identical to the base; LoRA B moved away from its zero init.
+    base, _ = build_tiny_model("tiny-omni")
+    inner = trainer.model.inner
+    base_sd = base.state_dict()
+    for name, p in inner.base_model.model.named_parameters():
+        if "lora_" not in name:
+            assert torch.equal(p.detach(), base_sd[name.replace(".base_layer", "")]), name
+    saved = _adapter(tmp_path / "run")
+    assert saved and all("lora_" in k for k in saved)
+    assert all(".language_model.layers." in k for k in saved)  # LLM decoder only, never the towers
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in saved.items())
+    for step in (4, 8):
+        ckpt = tmp_path / "run" / f"checkpoint-{step}"
+        assert (ckpt / "adapter_model.safetensors").exists() and (ckpt / "optimizer.pt").exists()
+        assert (ckpt / "config.yaml").exists()
+        assert json.loads((ckpt / "data_position.json").read_text())["global_step"] == step
+    memory = json.loads((tmp_path / "run" / "omnimem_memory.json").read_text())
+    assert memory["scorer"] == "omnimem" and memory["budget"] == 20
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == list(range(1, 9))
+
+
+def test_resume_continues_exactly(tiny_manifest, tmp_path):
+    straight = run_training(_cfg(tiny_manifest, tmp_path / "a", "max_steps=4", "save_steps=2"))
+    run_training(_cfg(tiny_manifest, tmp_path / "b", "max_steps=2", "save_steps=2"))  # stop half way
+    resumed = run_training(_cfg(tiny_manifest, tmp_path / "b", "max_steps=4", "save_steps=2",
+                                f"resume_from_checkpoint={tmp_path / 'b' / 'checkpoint-2'}"))
+    assert resumed.state.global_step == straight.state.global_step == 4
+    a, b = _adapter(tmp_path / "a"), _adapter(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] - b[k]).abs().max().item() <= 1e-6, k
+
+
+def test_wandb_runs_offline_and_writes_run_files(tiny_manifest, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "run"))
+    code = main(["train", RECIPE, f"dataset={tiny_manifest}", f"output_dir={tmp_path / 'run'}", "max_steps=1",
+                 "report_to=wandb", "per_device_train_batch_size=1", "memory.group_size=16"])
+    assert code == 0
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert runs and list(runs[0].glob("run-*.wandb"))
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [("learning_rate=-1", "learning_rate"), ("lora_rank=0", "lora_rank"), ("memory.budget=-5", "memory.budget"),
+     ("deepspeed=zero9", "deepspeed"), ("dataset=/nonexistent/manifest.jsonl", "manifest"),
+     ("dataset=null", "dataset"), ("lora_target=q_proj,qkv", "lora_target")],
+)
+def test_bad_recipe_values_are_one_line_errors(tiny_manifest, tmp_path, capsys, override, key):
+    code = main(["train", RECIPE, f"dataset={tiny_manifest}", f"output_dir={tmp_path}", override])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error:") and key in err[0], err
