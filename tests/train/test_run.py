@@ -84,3 +84,24 @@ def test_bad_recipe_values_are_one_line_errors(tiny_manifest, tmp_path, capsys, 
     code = main(["train", RECIPE, f"dataset={tiny_manifest}", f"output_dir={tmp_path}", override])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error:") and key in err[0], err
+
+
+def test_full_finetuning_without_compression_saves_full_weights(tiny_manifest, tmp_path):
+    """The testbed base model's mode: every LLM weight trains on full context; towers stay frozen
+    unless asked."""
+    cfg = _cfg(tiny_manifest, tmp_path / "full", "finetuning_type=full", "compression=none", "max_steps=2",
+               "save_steps=100", "gradient_checkpointing=false")
+    trainer = run_training(cfg)
+    inner = trainer.model.inner
+    trained = {n for n, p in inner.named_parameters() if p.requires_grad}
+    assert any(".language_model.layers." in n for n in trained)
+    assert not any(n.startswith(("model.audio_tower.", "model.visual.")) for n in trained)
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    saved = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(tmp_path / "full").state_dict()
+    base = build_tiny_model("tiny-omni")[0].state_dict()
+    key = "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(saved[key], base[key])  # the LLM moved
+    tower = "model.audio_tower.conv1.weight"
+    assert torch.equal(saved[tower], base[tower])  # the frozen tower did not
+    assert all(r["memory_tokens_per_layer"] > 20 for r in trainer.state.log_history if "loss" in r)  # no budget
