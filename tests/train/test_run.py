@@ -65,13 +65,27 @@ def test_resume_continues_exactly(tiny_manifest, tmp_path):
 
 
 def test_wandb_runs_offline_and_writes_run_files(tiny_manifest, tmp_path, monkeypatch):
+    import socket
+
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "run"))
+    attempts = []
+    real_connect = socket.socket.connect
+
+    def guarded_connect(sock, address):  # loopback/unix sockets are wandb's local service
+        host = address[0] if isinstance(address, tuple) else "unix"
+        if host not in ("unix", "127.0.0.1", "localhost", "::1"):
+            attempts.append(address)
+            raise OSError(f"network access attempted: {address}")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
     code = main(["train", RECIPE, f"dataset={tiny_manifest}", f"output_dir={tmp_path / 'run'}", "max_steps=1",
                  "report_to=wandb", "per_device_train_batch_size=1", "memory.group_size=16"])
     assert code == 0
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert runs and list(runs[0].glob("run-*.wandb"))
+    assert attempts == []  # nothing in this process tried the network
 
 
 @pytest.mark.parametrize(
