@@ -4,6 +4,7 @@
                         [--question "..."] [--options A B C D] [--budget N] [--scorer NAME]
                         [--group-size N] [key=value ...]
     omnimem-train calibrate RECIPE.yaml [key=value ...]
+    omnimem-train eval RECIPE.yaml [--model DIR] [key=value ...]
     omnimem-train train RECIPE.yaml [key=value ...]      (multi-process: ./launch.sh RECIPE.yaml)
 
 With no --video/--audio/--context, `infer` runs the embedded default: it writes a short
@@ -23,6 +24,8 @@ from pathlib import Path
 
 from omnimem_train.calibrate_cmd import add_parser as add_calibrate_parser
 from omnimem_train.errors import OmniMemError
+from omnimem_train.eval_cmd import add_parser as add_eval_parser
+from omnimem_train.prep_cmd import add_parser as add_prep_parser
 
 DEFAULT_QUESTION = "What happens in this video?"
 
@@ -133,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the model dir")
     p.set_defaults(func=cmd_infer)
     add_calibrate_parser(sub)
+    add_prep_parser(sub)
+    add_eval_parser(sub)
     p = sub.add_parser("train", help="budget-aware fine-tuning through the streaming forward (LoRA or full)")
     p.add_argument("recipe", nargs="?", help="recipe YAML (e.g. recipes/train/tiny_cpu.yaml)")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. learning_rate=1e-4)")

@@ -8,6 +8,14 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_configure(config):
+    # Tiny models are overhead-bound: one intra-op thread is as fast, and far more robust when the
+    # 2-core machine is shared (two busy threads per process were seen to slow tests ~100x).
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def tiny_omni():
     """Qwen2_5OmniThinkerForConditionalGeneration (4 text layers, hidden 64) wrapped in its adapter."""

@@ -203,6 +203,66 @@ class CalibrationConfig:
                  "output", self.output, "a non-empty path or null")
 
 
+EVAL_MODALITIES = ("aware", "blind")
+EVAL_SPLITS = ("train", "val", "test")  # omnimem_train.data.manifest.SPLITS
+
+
+@dataclass
+class EvalConfig:
+    manifest: str | None = field(
+        default=None,
+        metadata={"help": "manifest JSONL of multiple-choice samples to evaluate (see omnimem_train/data); "
+                          "e.g. from `python -m data_prep.tiny_qa OUT --split test`"},
+    )
+    split: str = field(default="test", metadata={"help": "manifest split to evaluate: train | val | test"})
+    scorers: list[str] = field(
+        default_factory=lambda: ["omnimem", "novelty", "recency", "random"],
+        metadata={"help": "memory methods of the grid (checked against the registry at run start); "
+                          "the full-memory upper bound is always evaluated as well"},
+    )
+    budgets: list[int] = field(
+        default_factory=lambda: [128, 256, 512, 1024],
+        metadata={"help": "absolute budgets of the grid: audio+visual tokens retained per layer (memory.budget)"},
+    )
+    budget_fractions: list[float] = field(
+        default_factory=list,
+        metadata={"help": "relative budgets of the grid, in (0, 1]: a fraction of each sample's estimated "
+                          "audio+visual stream tokens (e.g. 0.125 = 1/8), resolved per sample to a "
+                          "per-layer budget of max(1, round(fraction x tokens))"},
+    )
+    modality: list[str] = field(
+        default_factory=lambda: ["aware", "blind"],
+        metadata={"help": "budget kinds of the grid: aware (separate audio/visual budgets split by rho) "
+                          "and/or blind (one pooled audio+visual budget)"},
+    )
+    fraction: float = field(
+        default=1.0,
+        metadata={"help": "evaluate the first ceil(fraction x N) samples of the split (deterministic; "
+                          "smoke runs)"},
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.manifest is None or (isinstance(self.manifest, str) and self.manifest.strip() != ""),
+                 "manifest", self.manifest, "a manifest path or null")
+        _choice(self, "split", EVAL_SPLITS)
+        ok = isinstance(self.scorers, list) and all(isinstance(s, str) and s.strip() for s in self.scorers)
+        _require(ok, "scorers", self.scorers, "a list of scorer names")
+        ok = isinstance(self.budgets, list) and all(
+            isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in self.budgets)
+        _require(ok, "budgets", self.budgets, "a list of ints >= 1")
+        ok = isinstance(self.budget_fractions, list) and all(
+            isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1 for f in self.budget_fractions)
+        _require(ok, "budget_fractions", self.budget_fractions, "a list of fractions in (0, 1]")
+        ok = isinstance(self.modality, list) and all(m in EVAL_MODALITIES for m in self.modality)
+        _require(ok, "modality", self.modality, "a list of " + " | ".join(EVAL_MODALITIES))
+        grid = [s for s in self.scorers if s != "full"]
+        _require(not grid or bool(self.budgets or self.budget_fractions), "budgets", self.budgets,
+                 "at least one budget (or budget_fractions) for the scorers", related=("budget_fractions",))
+        _require(not grid or bool(self.modality), "modality", self.modality, "at least one of aware | blind")
+        _require(isinstance(self.fraction, (int, float)) and not isinstance(self.fraction, bool)
+                 and 0 < self.fraction <= 1, "fraction", self.fraction, "a fraction in (0, 1]")
+
+
 @dataclass
 class Config:
     model_name_or_path: str = field(
@@ -232,6 +292,10 @@ class Config:
     calibration: CalibrationConfig = field(
         default_factory=CalibrationConfig,
         metadata={"help": "budget calibration (`omnimem-train calibrate`, METHOD section 4)"},
+    )
+    eval: EvalConfig = field(
+        default_factory=EvalConfig,
+        metadata={"help": "evaluation grid (`omnimem-train eval`): scorers x budgets x modality-aware/blind"},
     )
     # --- training (`omnimem-train train`; LLaMA-Factory key names) ---------------------------
     dataset: str | None = field(default=None, metadata={"help": "training manifest (JSONL, see omnimem_train/data)"})

@@ -1,0 +1,328 @@
+"""The evaluation grid: scorers x budgets x {modality-aware, modality-blind}, plus full memory.
+
+Layout of `<output_dir>` after `run_eval(cfg)`:
+
+    config.yaml                      the resolved eval config
+    cells/<cell>/config.yaml         the resolved config of one cell (its memory.* settings; usable
+                                     as an eval recipe that repeats just this cell and full memory)
+    cells/<cell>/predictions.jsonl   one record per sample (see `PREDICTION_FIELDS`)
+    cells/<cell>/metrics.json        accuracy, 95% Wilson CI, per question type, retained bytes,
+                                     samples/s (`metrics.compute_metrics`) + the cell's identity
+    summary.json                     every cell's metrics, in grid order
+    accuracy_vs_budget.png           accuracy vs budget, one line per scorer and modality
+
+Cell names: `full` (always evaluated: the upper bound), `<scorer>-<budget>-<aware|blind>` for an
+absolute budget (audio+visual tokens per layer) and `<scorer>-f<fraction>-<aware|blind>` for a
+fraction of each sample's estimated audio+visual stream tokens.
+
+A cell is finished when its metrics.json exists (written last, atomically) and its config.yaml
+still matches the current settings (output_dir aside): a re-run skips it, and loads no model when
+every cell is finished. A cell whose settings changed (e.g. another `eval.fraction`) is re-run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import yaml
+
+from omnimem_train.errors import ConfigError, MediaError
+from omnimem_train.eval.metrics import compute_metrics
+
+CELLS_DIR = "cells"
+PREDICTIONS = "predictions.jsonl"
+METRICS = "metrics.json"
+SUMMARY = "summary.json"
+PLOT = "accuracy_vs_budget.png"
+# Fields of a predictions.jsonl record, in order.
+PREDICTION_FIELDS = (
+    "id", "question_type", "answer", "choice", "correct", "option_scores", "budget", "expected_tokens",
+    "tokens_seen", "retained_kv_bytes", "retained_total_bytes", "stream_seconds", "seconds",
+)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid. `scorer == "full"`: no compression (budget, fraction, modality None)."""
+
+    scorer: str
+    budget: int | None = None
+    budget_fraction: float | None = None
+    modality: str | None = None  # "aware" | "blind"
+
+    @property
+    def is_full(self) -> bool:
+        return self.scorer == "full"
+
+    @property
+    def budget_label(self) -> str:
+        if self.budget is not None:
+            return str(self.budget)
+        return "-" if self.budget_fraction is None else f"f{self.budget_fraction:g}"
+
+    @property
+    def name(self) -> str:
+        return "full" if self.is_full else f"{self.scorer}-{self.budget_label}-{self.modality}"
+
+    def identity(self) -> dict:
+        return {"cell": self.name, "scorer": self.scorer, "budget": self.budget,
+                "budget_fraction": self.budget_fraction, "modality": self.modality}
+
+
+def _unique(items):
+    return list(dict.fromkeys(items))
+
+
+def grid_cells(ecfg) -> list[Cell]:
+    """`EvalConfig` -> the cells, full memory first, then scorer x (budgets, fractions) x modality."""
+    cells = [Cell("full")]
+    for scorer in _unique(s for s in ecfg.scorers if s != "full"):
+        for budget in _unique(ecfg.budgets):
+            cells += [Cell(scorer, budget=budget, modality=m) for m in _unique(ecfg.modality)]
+        for frac in _unique(float(f) for f in ecfg.budget_fractions):
+            cells += [Cell(scorer, budget_fraction=frac, modality=m) for m in _unique(ecfg.modality)]
+    return cells
+
+
+def check_scorers(names: list[str]) -> None:
+    from omnimem_train.memory.registry import known_methods
+
+    known = known_methods()
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"eval.scorers: unknown scorer {name!r}; known: {', '.join(known)}")
+
+
+def select_samples(ecfg, err: TextIO = sys.stderr) -> list:
+    """The first ceil(fraction x N) multiple-choice samples of the manifest's split."""
+    from omnimem_train.data.manifest import read_manifest
+
+    if ecfg.manifest is None:
+        raise ConfigError("eval.manifest: not set; set eval.manifest=PATH (a manifest JSONL, e.g. from "
+                          "`python -m data_prep.tiny_qa OUT --split test`)")
+    if not Path(ecfg.manifest).exists():
+        raise ConfigError(f"eval.manifest: {ecfg.manifest}: manifest not found")
+    samples = read_manifest(ecfg.manifest, ecfg.split)
+    if not samples:
+        splits = sorted({s.split for s in read_manifest(ecfg.manifest)})
+        raise ConfigError(f"eval.manifest: {ecfg.manifest} has no samples of split {ecfg.split!r} "
+                          f"(it has: {', '.join(splits) or 'no samples'}); set eval.split=...")
+    choice = [s for s in samples if s.options]
+    if len(choice) < len(samples):
+        print(f"note: skipping {len(samples) - len(choice)} open-ended samples (accuracy needs options)",
+              file=err)
+    if not choice:
+        raise ConfigError(f"eval.manifest: {ecfg.manifest}: no multiple-choice samples in split {ecfg.split!r}")
+    n = max(1, math.ceil(round(ecfg.fraction * len(choice), 9)))
+    return choice[:n]
+
+
+def cell_config(cfg, cell: Cell):
+    """The resolved config of one cell: memory.* set for it, eval.* narrowed to it."""
+    mem = dataclasses.replace(cfg.memory, scorer=cell.scorer, budget=cell.budget, budget_file=None,
+                              compression_ratio=None, modality_aware=cell.modality != "blind")
+    ev = dataclasses.replace(
+        cfg.eval, scorers=[] if cell.is_full else [cell.scorer],
+        budgets=[] if cell.budget is None else [cell.budget],
+        budget_fractions=[] if cell.budget_fraction is None else [cell.budget_fraction],
+        modality=[] if cell.modality is None else [cell.modality])
+    return dataclasses.replace(cfg, memory=mem, eval=ev)
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_if_changed(path: Path, text: str) -> bool:
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return False
+    _write_atomic(path, text)
+    return True
+
+
+def _json(obj) -> str:
+    return json.dumps(obj, indent=2) + "\n"
+
+
+def _same_config(cfg, run_dir: Path, ignore_output_dir: bool = True) -> bool:
+    """Whether run_dir/config.yaml holds `cfg` (by default output_dir aside: a moved folder stays finished)."""
+    from omnimem_train.config import CONFIG_FILENAME, config_to_dict
+
+    try:
+        saved = yaml.safe_load((run_dir / CONFIG_FILENAME).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False
+    if not isinstance(saved, dict):
+        return False
+    new = config_to_dict(cfg)
+    if ignore_output_dir:
+        saved.pop("output_dir", None)
+        new.pop("output_dir", None)
+    return saved == new
+
+
+def cell_dir(cfg, cell: Cell) -> Path:
+    return Path(cfg.output_dir) / CELLS_DIR / cell.name
+
+
+def is_finished(cfg, cell: Cell) -> bool:
+    d = cell_dir(cfg, cell)
+    return (d / METRICS).is_file() and (d / PREDICTIONS).is_file() and _same_config(cell_config(cfg, cell), d)
+
+
+def read_predictions(path: str | Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------
+# running
+
+
+def run_cell(adapter, cfg, cell: Cell, samples: list, err: TextIO = sys.stderr) -> dict:
+    """Evaluate `samples` under `cell`; writes the cell folder (metrics.json last) and returns its metrics."""
+    import torch
+    from tqdm import tqdm
+
+    from omnimem_train.config import save_config
+    from omnimem_train.memory.registry import build_policy
+    from omnimem_train.streaming.engine import StreamingEngine
+    from omnimem_train.streaming.infer import answer_question
+    from omnimem_train.streaming.inputs import media_input
+
+    ccfg = cell_config(cfg, cell)
+    out = cell_dir(cfg, cell)
+    (out / METRICS).unlink(missing_ok=True)  # an interrupted re-run must not look finished
+    save_config(ccfg, out)
+    n_layers = len(adapter.decoder_layers)
+    torch.manual_seed(cfg.seed)  # each cell alike, whichever cells ran before it
+    records = []
+    for s in tqdm(samples, desc=cell.name, unit="sample", file=err, dynamic_ncols=True, leave=False):
+        t0 = time.perf_counter()
+        try:
+            media, est = media_input(adapter, cfg.media, video=s.video, audio=s.audio)
+            budget = cell.budget
+            if cell.budget_fraction is not None:
+                budget = max(1, round(cell.budget_fraction * est))
+            policy = build_policy(dataclasses.replace(ccfg.memory, budget=budget), n_layers)
+            engine = StreamingEngine(adapter, policy, ccfg.memory.group_size, ccfg.memory.group_seconds)
+            with torch.no_grad():
+                result = answer_question(engine, media, s.question, s.options, cfg.generation.system_prompt,
+                                         cfg.generation.max_new_tokens)
+        except MediaError as e:
+            raise MediaError(f"sample {s.id!r}: {e}") from e
+        seconds = time.perf_counter() - t0
+        rec = {
+            "id": s.id, "question_type": s.question_type, "answer": s.answer, "choice": result.choice,
+            "correct": result.choice == s.answer, "option_scores": [float(x) for x in result.option_scores],
+            "budget": budget, "expected_tokens": int(est), "tokens_seen": result.report.tokens_seen,
+            "retained_kv_bytes": int(result.report.kv_bytes), "retained_total_bytes": int(result.report.total_bytes),
+            "stream_seconds": result.stream_seconds, "seconds": seconds,
+        }
+        records.append(rec)
+    _write_atomic(out / PREDICTIONS, "".join(json.dumps(r) + "\n" for r in records))
+    metrics = {**cell.identity(), **compute_metrics(records), "model": cfg.model_name_or_path,
+               "manifest": cfg.eval.manifest, "split": cfg.eval.split}
+    _write_atomic(out / METRICS, _json(metrics))
+    return metrics
+
+
+def _fmt_bytes(n: float) -> str:
+    return f"{n / 2**20:.3f}"
+
+
+def format_table(rows: list[dict]) -> str:
+    """scorer | budget | memory (aware/blind) | accuracy [95% CI] | KV MiB | samples/s, one line per cell."""
+    head = f"{'scorer':<12} {'budget':>8} {'memory':<6} {'accuracy [95% CI]':<22} {'n':>5} {'KV MiB':>9} {'samples/s':>9}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        budget = "-" if r["scorer"] == "full" else (
+            str(r["budget"]) if r.get("budget") is not None else f"{r['budget_fraction']:g}x")
+        acc = f"{r['accuracy']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
+        lines.append(f"{r['scorer']:<12} {budget:>8} {r.get('modality') or '-':<6} {acc:<22} {r['n']:>5} "
+                     f"{_fmt_bytes(r['kv_bytes_mean']):>9} {r['samples_per_s']:>9.2f}")
+    return "\n".join(lines)
+
+
+def run_eval(cfg, out: TextIO | None = None, err: TextIO | None = None) -> dict:
+    """Run every unfinished cell of `cfg.eval`'s grid (model loaded once, only if needed), then write
+    summary.json and the plot. Returns the summary: {"model", "manifest", "split", "samples",
+    "cells": [metrics of every cell, grid order], "summary", "plot"}."""
+    from omnimem_train.config import save_config
+    from omnimem_train.eval.plots import plot_accuracy_vs_budget
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+    check_scorers(cfg.eval.scorers)
+    samples = select_samples(cfg.eval, err)
+    cells = grid_cells(cfg.eval)
+    run_dir = Path(cfg.output_dir)
+    todo = []
+    for cell in cells:
+        if is_finished(cfg, cell):
+            print(f"skip {cell.name} (finished: {cell_dir(cfg, cell) / METRICS})", file=out, flush=True)
+        else:
+            todo.append(cell)
+    adapter = _load_model(cfg) if todo else None
+    if not _same_config(cfg, run_dir, ignore_output_dir=False):
+        save_config(cfg, run_dir)
+    if todo:
+        print(f"evaluating {len(todo)} of {len(cells)} cells on {len(samples)} samples of "
+              f"{cfg.eval.manifest} ({cfg.eval.split})", file=err, flush=True)
+        for cell in todo:
+            m = run_cell(adapter, cfg, cell, samples, err)
+            print(f"{cell.name}: accuracy {m['accuracy']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}] "
+                  f"({m['correct']}/{m['n']}), KV {_fmt_bytes(m['kv_bytes_mean'])} MiB, "
+                  f"{m['samples_per_s']:.2f} samples/s", file=out, flush=True)
+    rows = [json.loads((cell_dir(cfg, c) / METRICS).read_text(encoding="utf-8")) for c in cells]
+    summary = {"model": cfg.model_name_or_path, "manifest": cfg.eval.manifest, "split": cfg.eval.split,
+               "samples": len(samples), "cells": rows}
+    summary_path, plot_path = run_dir / SUMMARY, run_dir / PLOT
+    changed = _write_if_changed(summary_path, _json(summary))
+    if changed or not plot_path.is_file():
+        manifest = Path(cfg.eval.manifest)
+        title = (f"{cfg.model_name_or_path} on {manifest.parent.name}/{manifest.name} ({cfg.eval.split}, "
+                 f"{len(samples)} samples)")
+        plot_accuracy_vs_budget(rows, plot_path, title)
+    return {**summary, "summary": str(summary_path), "plot": str(plot_path)}
+
+
+def _load_model(cfg):
+    import torch
+
+    from omnimem_train.models.load import load_adapter
+    from omnimem_train.models.qwen2_5_omni import Qwen2_5OmniAdapter
+
+    torch.manual_seed(cfg.seed)
+    adapter = load_adapter(cfg.model_name_or_path, cfg.dtype, cfg.device, cfg.attn_implementation,
+                           cfg.trust_remote_code)
+    if not isinstance(adapter, Qwen2_5OmniAdapter):
+        raise ConfigError(f"model_name_or_path: {cfg.model_name_or_path} is a text-only LM; the manifest's "
+                          "video/audio samples need an audio-visual model")
+    return adapter
+
+
+__all__ = ["Cell", "PREDICTION_FIELDS", "cell_config", "check_scorers", "format_table",
+           "grid_cells", "is_finished", "read_predictions", "run_cell", "run_eval", "select_samples"]

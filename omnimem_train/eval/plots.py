@@ -1,0 +1,78 @@
+"""Accuracy vs budget plot of an evaluation grid (PNG, matplotlib's Agg canvas, no pyplot state)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+            "tab:olive", "tab:cyan", "tab:gray"]
+
+
+def _panel(ax, rows: list[dict], key: str, full: dict | None, colours: dict[str, str], xlabel: str) -> None:
+    lines: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        lines.setdefault((r["scorer"], r["modality"]), []).append(r)
+    for i, ((scorer, modality), pts) in enumerate(sorted(lines.items())):
+        pts = sorted(pts, key=lambda r: r[key])
+        dodge = 2 ** (0.04 * (i - (len(lines) - 1) / 2))  # overlapping points stay visible
+        x = [r[key] * dodge for r in pts]
+        y = [r["accuracy"] for r in pts]
+        err = [[r["accuracy"] - r["ci"][0] for r in pts], [r["ci"][1] - r["accuracy"] for r in pts]]
+        ax.errorbar(x, y, yerr=err, color=colours[scorer], linestyle="-" if modality == "aware" else "--",
+                    marker="o" if modality == "aware" else "s", capsize=3, alpha=0.9,
+                    label=f"{scorer} ({modality})")
+    if full is not None:
+        ax.axhline(full["accuracy"], color="black", linewidth=1.2, label=f"full memory ({full['accuracy']:.3f})")
+        ax.axhspan(full["ci"][0], full["ci"][1], color="black", alpha=0.07)
+    xs = sorted({r[key] for r in rows})
+    if xs and xs[0] > 0:
+        ax.set_xscale("log", base=2)
+        ax.set_xlim(xs[0] / 1.5, xs[-1] * 1.5)
+    if xs:
+        ax.set_xticks(xs)
+        ax.set_xticklabels([f"{x:g}" for x in xs])
+        ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy (95% Wilson CI)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+
+
+def plot_accuracy_vs_budget(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """One line per (scorer, modality) of accuracy against budget, the full-memory accuracy as a
+    horizontal line with its CI band; written atomically to `path`. `rows`: cell metrics with
+    scorer, modality, budget or budget_fraction, accuracy and ci. Absolute and fractional budgets
+    go to separate panels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    full = next((r for r in rows if r["scorer"] == "full"), None)
+    grid = [r for r in rows if r["scorer"] != "full"]
+    scorers = sorted({r["scorer"] for r in grid})
+    colours = {s: _COLOURS[i % len(_COLOURS)] for i, s in enumerate(scorers)}
+    panels = [(key, label) for key, label in (
+        ("budget", "budget (audio+visual tokens per layer)"),
+        ("budget_fraction", "budget (fraction of the stream's audio+visual tokens)"),
+    ) if any(r.get(key) is not None for r in grid)] or [("budget", "budget (audio+visual tokens per layer)")]
+    fig = Figure(figsize=(8.5 * len(panels), 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    for i, (key, label) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        _panel(ax, [r for r in grid if r.get(key) is not None], key, full, colours, label)
+    fig.suptitle(title or "accuracy vs memory budget", fontsize=10)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,35 @@
+"""`omnimem-train eval RECIPE.yaml [--model DIR] [key=value ...]`: accuracy under memory budgets.
+
+Runs the grid eval.scorers x (eval.budgets, eval.budget_fractions) x eval.modality (aware/blind)
+over the multiple-choice samples of eval.manifest (split eval.split; the first ceil(eval.fraction
+x N) of them), plus full memory as the upper bound, loading the model once. Writes per cell
+<output_dir>/cells/<cell>/{predictions.jsonl, metrics.json, config.yaml}, and at the top
+summary.json, accuracy_vs_budget.png and config.yaml (layout: omnimem_train/eval/grid.py).
+Re-running skips finished cells. The model is any model_name_or_path: builtin:<name>, a
+checkpoint or an exported model directory.
+"""
+
+from __future__ import annotations
+
+
+def cmd_eval(args) -> int:
+    from omnimem_train.config import load_config
+    from omnimem_train.eval.grid import format_table, run_eval
+
+    flags = [f"model_name_or_path={args.model}"] if getattr(args, "model", None) else []
+    cfg = load_config(args.recipe, flags + args.overrides)
+    summary = run_eval(cfg)
+    print(format_table(summary["cells"]))
+    print(f"summary: {summary['summary']}")
+    print(f"plot:    {summary['plot']}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    """Register `eval` on the `omnimem-train` subparsers."""
+    p = sub.add_parser("eval", help="accuracy of scorers x budgets x modality-aware/blind memory (plus full "
+                                    "memory) over a manifest; per-cell predictions, metrics and a plot")
+    p.add_argument("recipe", nargs="?", help="recipe YAML (e.g. recipes/eval/tiny_omni.yaml)")
+    p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. eval.fraction=0.1)")
+    p.add_argument("--model", help="model directory or builtin:<name> (sets model_name_or_path)")
+    p.set_defaults(func=cmd_eval)

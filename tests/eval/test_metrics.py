@@ -1,0 +1,119 @@
+"""Pure metric functions, grid construction and the EvalConfig section."""
+
+import dataclasses
+import json
+
+import pytest
+
+from omnimem_train.config import load_config
+from omnimem_train.config.schema import Config, EvalConfig, FieldValueError
+from omnimem_train.errors import ConfigError
+from omnimem_train.eval.grid import Cell, cell_config, format_table, grid_cells, select_samples
+from omnimem_train.eval.metrics import accuracy, accuracy_with_ci, compute_metrics, per_type, wilson_interval
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "low", "high"),
+    [(0, 4, 0.0, 0.4899), (4, 4, 0.5101, 1.0), (5, 10, 0.2366, 0.7634), (81, 263, 0.2553, 0.3662)],
+)
+def test_wilson_interval_known_values(k, n, low, high):
+    lo, hi = wilson_interval(k, n)
+    assert (lo, hi) == pytest.approx((low, high), abs=1e-4)
+
+
+def test_wilson_interval_edges():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    lo99, hi99 = wilson_interval(3, 10, z=2.576)
+    lo95, hi95 = wilson_interval(3, 10)
+    assert lo99 < lo95 < 0.3 < hi95 < hi99
+    with pytest.raises(ValueError):
+        wilson_interval(5, 4)
+
+
+def test_accuracy_and_breakdown():
+    preds = [
+        {"correct": True, "question_type": "a", "retained_kv_bytes": 10, "retained_total_bytes": 20,
+         "stream_seconds": 0.5, "seconds": 1.0},
+        {"correct": False, "question_type": "a", "retained_kv_bytes": 30, "retained_total_bytes": 40,
+         "stream_seconds": 0.5, "seconds": 1.0},
+        {"correct": True, "question_type": "b", "retained_kv_bytes": 20, "retained_total_bytes": 30,
+         "stream_seconds": 1.0, "seconds": 2.0},
+    ]
+    assert accuracy([p["correct"] for p in preds]) == pytest.approx(2 / 3)
+    assert accuracy([]) == 0.0
+    assert accuracy_with_ci([True, False])["ci"] == list(wilson_interval(1, 2))
+    types = per_type(preds)
+    assert list(types) == ["a", "b"] and types["a"]["accuracy"] == 0.5 and types["b"]["n"] == 1
+    m = compute_metrics(preds)
+    assert (m["n"], m["correct"], m["ci_level"]) == (3, 2, 0.95)
+    assert m["kv_bytes_mean"] == 20 and m["kv_bytes_max"] == 30 and m["total_bytes_mean"] == 30
+    assert m["samples_per_s"] == pytest.approx(3 / 4.0)
+    json.dumps(m)  # JSON-ready
+
+
+def test_grid_cells_names_and_order():
+    ecfg = EvalConfig(scorers=["omnimem", "full", "recency"], budgets=[64, 64, 32], budget_fractions=[0.125],
+                      modality=["aware", "blind"])
+    names = [c.name for c in grid_cells(ecfg)]
+    assert names[0] == "full" and names.count("full") == 1  # always in, never twice
+    assert names[1:7] == ["omnimem-64-aware", "omnimem-64-blind", "omnimem-32-aware", "omnimem-32-blind",
+                          "omnimem-f0.125-aware", "omnimem-f0.125-blind"]
+    assert len(names) == 1 + 2 * 3 * 2
+    assert [c.name for c in grid_cells(EvalConfig(scorers=[]))] == ["full"]
+
+
+def test_cell_config_sets_memory_and_narrows_eval():
+    cfg = Config(memory=dataclasses.replace(Config().memory, budget_file="b.json", scorer="h2o"))
+    c = cell_config(cfg, Cell("recency", budget=8, modality="blind"))
+    assert (c.memory.scorer, c.memory.budget, c.memory.budget_file, c.memory.modality_aware) == ("recency", 8, None,
+                                                                                                 False)
+    assert (c.eval.scorers, c.eval.budgets, c.eval.modality) == (["recency"], [8], ["blind"])
+    f = cell_config(cfg, Cell("full"))
+    assert (f.memory.scorer, f.memory.budget, f.eval.scorers) == ("full", None, [])
+    frac = cell_config(cfg, Cell("omnimem", budget_fraction=0.25, modality="aware"))
+    assert frac.memory.budget is None and frac.eval.budget_fractions == [0.25] and frac.eval.budgets == []
+
+
+def test_format_table_lines():
+    row = {"scorer": "full", "budget": None, "budget_fraction": None, "modality": None, "accuracy": 0.5,
+           "ci": [0.1, 0.9], "n": 4, "kv_bytes_mean": 2**20, "samples_per_s": 3.0}
+    frac = dict(row, scorer="omnimem", budget_fraction=0.125, modality="aware")
+    lines = format_table([row, frac]).splitlines()
+    assert len(lines) == 4 and "0.500 [0.100, 0.900]" in lines[2] and "1.000" in lines[2]
+    assert "0.125x" in lines[3] and "aware" in lines[3]
+
+
+def test_select_samples_fraction(tmp_path):
+    from data_prep.tiny_qa import make_tiny_qa
+
+    path = str(make_tiny_qa(tmp_path, num=4, seconds=1.0, size=16, split="val"))
+    ids = [s.id for s in select_samples(EvalConfig(manifest=path, split="val"))]
+    assert len(ids) == 4
+    for fraction, n in [(0.5, 2), (0.3, 2), (0.25, 1), (0.01, 1), (0.75, 3)]:
+        assert [s.id for s in select_samples(EvalConfig(manifest=path, split="val", fraction=fraction))] == ids[:n]
+    with pytest.raises(ConfigError, match="no samples of split 'test'"):
+        select_samples(EvalConfig(manifest=path, split="test"))
+
+
+def test_eval_config_section():
+    for f in dataclasses.fields(EvalConfig):
+        assert f.metadata.get("help", "").strip(), f"EvalConfig.{f.name} has no help text"
+    assert isinstance(Config().eval, EvalConfig)
+    cfg = load_config(None, ["eval.budgets=[8,16]", "eval.budget_fractions=[0.125]", "eval.fraction=0.5"])
+    assert cfg.eval.budgets == [8, 16] and cfg.eval.budget_fractions == [0.125] and cfg.eval.fraction == 0.5
+    for kwargs, name in [({"fraction": 1.5}, "fraction"), ({"budgets": [0]}, "budgets"),
+                         ({"budget_fractions": [0.0]}, "budget_fractions"), ({"modality": ["both"]}, "modality"),
+                         ({"split": "dev"}, "split"), ({"budgets": [], "budget_fractions": []}, "budgets"),
+                         ({"manifest": " "}, "manifest")]:
+        with pytest.raises(FieldValueError) as info:
+            EvalConfig(**kwargs)
+        assert info.value.name == name
+    assert EvalConfig(scorers=[], budgets=[], modality=[]).scorers == []  # full memory only
+    with pytest.raises(ConfigError, match="eval.budgets"):
+        load_config(None, ["eval.budgets=[1.5]"])
+
+
+def test_recipe_loads():
+    cfg = load_config("recipes/eval/tiny_omni.yaml")
+    assert cfg.model_name_or_path == "builtin:tiny-omni" and len(cfg.eval.scorers) == 2
+    assert cfg.eval.manifest.endswith("tiny_qa/manifest.jsonl") and cfg.eval.split == "test"
