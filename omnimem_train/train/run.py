@@ -111,7 +111,11 @@ def run_training(cfg):
     if not samples:
         raise ConfigError(f"dataset: {cfg.dataset}: no samples in split {cfg.dataset_split!r}")
     resume = _resume_path(cfg)
-    if cfg.deepspeed:  # fail on a bad name before any model is loaded
+    if cfg.finetuning_type == "lora":  # fail on bad values before any model is loaded
+        from omnimem_train.train.lora import lora_target_regex
+
+        lora_target_regex(cfg.lora_target)
+    if cfg.deepspeed:
         from omnimem_train.train.deepspeed import resolve_deepspeed
 
         resolve_deepspeed(cfg.deepspeed)

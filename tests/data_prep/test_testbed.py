@@ -1,0 +1,247 @@
+"""data_prep.testbed: real clips whose manifest events match the media, balanced 4-option questions."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from data_prep.testbed import (
+    AUDIO_TOKENS_PER_S,
+    COLOURS,
+    QUESTION_TYPES,
+    TestbedSpec,
+    generate_sample,
+    generate_testbed,
+    main,
+    split_samples,
+    tone_label,
+)
+from omnimem_train.config.schema import MediaConfig
+from omnimem_train.data import read_manifest
+from omnimem_train.errors import ConfigError
+from omnimem_train.media.decode import iter_frames, load_audio, probe
+from omnimem_train.media.features import audio_tokens_for_frames, smart_resize
+
+SPEC = TestbedSpec(seconds=6.0)  # 280x280, 3 squares, 2 tones: one event slot of 6 left empty
+SR = SPEC.sample_rate
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """(path, ground truth) of one generated clip."""
+    path = tmp_path_factory.mktemp("clip") / "a.mp4"
+    return path, generate_sample(SPEC, 11, path)
+
+
+def frames(path, spec=SPEC):
+    return np.stack(list(iter_frames(path, spec.model_video_fps, spec.height, spec.width)))
+
+
+def box_mean(frame, box, inset=4):
+    x0, y0, x1, y1 = box
+    return frame[y0 + inset : y1 - inset, x0 + inset : x1 - inset].reshape(-1, 3).astype(float).mean(0)
+
+
+def mtimes(folder):
+    return {p.relative_to(folder): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_token_ratio_at_least_4_to_1():
+    spec = TestbedSpec()
+    # 280x280 at 2 fps: 10 x 10 tokens per 2-frame temporal patch, one patch per second.
+    assert (spec.width, spec.height, spec.model_video_fps) == (280, 280, 2.0)
+    assert spec.visual_tokens_per_s == 100.0 and spec.token_ratio == 4.0
+    # Cross-check with the model-side code: frames are not resized, audio gives 25 tokens/s.
+    h, w = smart_resize(spec.height, spec.width, 28, min_pixels=56 * 56, max_pixels=spec.model_max_pixels)
+    assert (h, w) == (spec.height, spec.width)
+    assert (h // 28) * (w // 28) * spec.model_video_fps / 2 == spec.visual_tokens_per_s
+    assert audio_tokens_for_frames(100 * 16) / 16 == AUDIO_TOKENS_PER_S == 25
+    # The default media.max_pixels (224x224) would shrink the frames to 64 tokens/s: too few, so
+    # the testbed recipes must raise it; the spec refuses a design that the model would shrink.
+    assert smart_resize(280, 280, 28, 3136, MediaConfig().max_pixels) == (224, 224)
+    with pytest.raises(ValueError, match="model_max_pixels"):
+        TestbedSpec(model_max_pixels=MediaConfig().max_pixels)
+    with pytest.raises(ValueError, match="ratio 2.56"):
+        TestbedSpec(width=224, height=224)
+    assert TestbedSpec(width=224, height=224, fps=4, model_video_fps=4.0).token_ratio == 5.12
+
+
+def test_spec_validation():
+    for bad in (
+        {"width": 250},  # not a multiple of 28
+        {"n_visual_events": 4},  # 6 colours: a detail question needs 3 unseen ones
+        {"n_visual_events": 1},  # order questions need two squares
+        {"n_audio_events": 3},  # 5 tones: 3 unheard ones needed
+        {"seconds": 3.0},  # 3 slots for 3 + 2 - 1 = 4 events
+        {"colours": ("red", "pink")},
+        {"tones": (250.0, 9000.0, 1000.0, 2000.0)},
+        {"fps": 3},  # not a multiple of model_video_fps
+    ):
+        with pytest.raises(ValueError, match="TestbedSpec"):
+            TestbedSpec(**bad)
+    assert TestbedSpec(seconds=4.0).n_slots == 4
+
+
+def test_clip_decodes_with_pyav(clip):
+    path, _ = clip
+    info = probe(path)
+    assert (info.duration_s, info.has_video, info.has_audio) == (6.0, True, True)
+    assert (info.fps, info.width, info.height) == (4.0, 280, 280)
+    assert frames(path).shape == (12, 280, 280, 3)  # 2 fps
+    assert abs(len(load_audio(path)) - 6 * SR) < 1024
+
+
+def test_schedule(clip):
+    _, truth = clip
+    events = truth["events"]
+    visual = [e for e in events if e["kind"] == "visual"]
+    audio = [e for e in events if e["kind"] == "audio"]
+    assert len(visual) == 3 and len(audio) == 2
+    assert len({e["label"] for e in visual}) == 3 and len({e["label"] for e in audio}) == 2
+    assert [e["start"] for e in events] == sorted(e["start"] for e in events)
+    for group in (visual, audio):
+        for a, b in zip(group, group[1:]):
+            assert a["end"] <= b["start"]  # no overlap within a modality
+    overlaps = [(a, v) for a in audio for v in visual if a["start"] < v["end"] and v["start"] < a["end"]]
+    assert len(overlaps) == 1  # exactly one audio-visual co-occurrence
+    for e in events:
+        assert e["start"] == int(e["start"]) and 0 <= e["start"] < e["end"] <= SPEC.seconds
+
+
+def test_visual_events_match_frames(clip):
+    path, truth = clip
+    video = frames(path)
+    visual = [e for e in truth["events"] if e["kind"] == "visual"]
+    for e in visual:
+        colour = np.array(COLOURS[e["label"]], float)
+        inside = [k for k in range(len(video)) if e["start"] <= k / 2 < e["end"]]
+        outside = [k for k in range(len(video)) if not any(v["start"] <= k / 2 < v["end"] for v in visual)]
+        assert inside == [2 * int(e["start"]), 2 * int(e["start"]) + 1]  # one temporal patch
+        for k in inside:
+            assert np.abs(box_mean(video[k], e["box"]) - colour).max() < 12, (e, k)
+        for k in outside:
+            assert np.abs(box_mean(video[k], e["box"]) - colour).max() > 60, (e, k)
+
+
+def test_audio_events_match_energy(clip):
+    path, truth = clip
+    wave = load_audio(path)
+    audio = [e for e in truth["events"] if e["kind"] == "audio"]
+    quiet = np.ones(len(wave), bool)
+    for e in audio:
+        quiet[max(0, int(e["start"] * SR) - 800) : int(e["end"] * SR) + 800] = False
+    quiet_rms = np.sqrt(np.mean(wave[quiet] ** 2))
+    assert quiet_rms < 0.02
+    for e in audio:
+        seg = wave[int((e["start"] + 0.05) * SR) : int((e["end"] - 0.05) * SR)]
+        assert np.sqrt(np.mean(seg**2)) > 20 * quiet_rms
+        spectrum = np.abs(np.fft.rfft(seg * np.hanning(len(seg))))
+        peak = np.fft.rfftfreq(len(seg), 1 / SR)[spectrum.argmax()]
+        assert abs(peak - e["freq"]) < 5 and e["label"] == tone_label(e["freq"])
+
+
+def test_deterministic_by_seed(clip, tmp_path):
+    path, truth = clip
+    again = generate_sample(SPEC, 11, tmp_path / "b.mp4")
+    assert again == truth
+    assert np.array_equal(frames(tmp_path / "b.mp4"), frames(path))
+    assert np.array_equal(load_audio(tmp_path / "b.mp4"), load_audio(path))
+    other = generate_sample(SPEC, 12, tmp_path / "c.mp4")
+    assert other["events"] != truth["events"]
+    assert not np.array_equal(frames(tmp_path / "c.mp4"), frames(path))
+
+
+def test_questions_balanced_and_correct(tmp_path):
+    spec = TestbedSpec()
+    samples = split_samples(tmp_path, spec, seed=0, split="train", num=40)
+    letters = Counter(s.answer for s in samples)
+    types = Counter(s.question_type for s in samples)
+    assert set(letters) == set("ABCD") and all(abs(n - 10) <= 3 for n in letters.values())
+    assert max(letters.values()) - min(letters.values()) <= 1
+    assert set(types) == set(QUESTION_TYPES) and max(types.values()) - min(types.values()) <= 1
+    odd = Counter(s.answer for s in split_samples(tmp_path, spec, seed=3, split="val", num=7))
+    assert max(odd.values()) - min(odd.values()) <= 1 and sum(odd.values()) == 7
+    for s in samples:
+        assert len(s.options) == 4 == len(set(s.options))
+        answer = s.options[s.answer_index]
+        visual = [e for e in s.events if e["kind"] == "visual"]
+        seen = [e["label"] for e in visual]
+        heard = [e["label"] for e in s.events if e["kind"] == "audio"]
+        wrong = [o for i, o in enumerate(s.options) if i != s.answer_index]
+        if s.question_type == "visual_detail":
+            assert answer in seen and not set(wrong) & set(seen)
+        elif s.question_type == "audio_detail":
+            assert answer in heard and not set(wrong) & set(heard)
+            assert all(o.endswith(" Hz tone") for o in s.options)
+        elif s.question_type == "audio_visual":
+            tone = next(e for e in s.events if e["kind"] == "audio" and e["label"] in s.question)
+            shown = [v["label"] for v in visual if v["start"] < tone["end"] and tone["start"] < v["end"]]
+            assert shown == [answer] and set(seen) <= set(s.options)  # the other squares are distractors
+        else:
+            assert s.question_type == "temporal_order"
+            assert answer == (seen[0] if "first" in s.question else seen[-1])
+            assert set(seen) <= set(s.options)
+    assert {"first", "last"} <= {s.question.split()[-1].rstrip("?") for s in samples}
+    assert len({tuple(s.options) for s in samples if s.question_type == "visual_detail"}) > 1
+
+
+def test_split_seeds_disjoint(tmp_path):
+    spec = TestbedSpec(seconds=4.0)
+    seeds = {
+        (base, split): {s.extra["seed"] for s in split_samples(tmp_path, spec, base, split, 30)}
+        for base in (0, 1)
+        for split in ("train", "val", "test")
+    }
+    everything = [s for group in seeds.values() for s in group]
+    assert len(everything) == len(set(everything)) == 6 * 30
+
+
+def test_generate_testbed_layout_idempotent_resumes(tmp_path):
+    spec = TestbedSpec(seconds=4.0)
+    out = tmp_path / "tb"
+    paths = generate_testbed(out, 3, 1, 1, spec, seed=0)
+    assert paths == {split: out / split / "manifest.jsonl" for split in ("train", "val", "test")}
+    assert len(read_manifest(out / "manifest.jsonl", check_media=True)) == 5
+    for split, n in (("train", 3), ("val", 1), ("test", 1)):
+        samples = read_manifest(out / "manifest.jsonl", split=split)
+        assert [s.id for s in samples] == [s.id for s in read_manifest(paths[split], check_media=True)]
+        assert len(samples) == n and all(s.split == split for s in samples)
+        assert sorted(p.name for p in (out / split / "clips").iterdir()) == [
+            f"{split}_{i:06d}.mp4" for i in range(n)
+        ]
+    s = read_manifest(paths["train"])[0]
+    assert s.media == {"has_audio": True, "fps": 4.0, "width": 280, "height": 280} and s.duration == 4.0
+    assert '"video": "clips/train_000000.mp4"' in paths["train"].read_text()
+
+    before = mtimes(out)
+    assert generate_testbed(out, 3, 1, 1, spec, seed=0) == paths and mtimes(out) == before
+    # More training clips, same spec and seed: the finished clips are reused, one is added.
+    generate_testbed(out, 4, 1, 1, spec, seed=0)
+    after = mtimes(out)
+    clips = [k for k in before if k.suffix == ".mp4"]
+    assert all(after[k] == before[k] for k in clips) and len(read_manifest(paths["train"])) == 4
+    # Another seed regenerates everything.
+    generate_testbed(out, 2, 1, 1, spec, seed=1)
+    new = mtimes(out)
+    assert sorted(k.name for k in new if k.suffix == ".mp4") == [
+        "test_000000.mp4",
+        "train_000000.mp4",
+        "train_000001.mp4",
+        "val_000000.mp4",
+    ]
+    assert all(new[k] != after[k] for k in new if k.suffix == ".mp4")
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "manifest.jsonl").write_text("")
+    with pytest.raises(ConfigError, match="not written by data_prep.testbed"):
+        generate_testbed(foreign, 1, 0, 0, spec)
+
+
+def test_cli(tmp_path, capsys):
+    main([str(tmp_path / "tb"), "--train", "2", "--val", "1", "--test", "0", "--seconds", "4"])
+    printed = capsys.readouterr().out
+    assert "ratio 4:1" in printed and str(tmp_path / "tb" / "manifest.jsonl") in printed
+    assert len(read_manifest(tmp_path / "tb" / "manifest.jsonl", check_media=True)) == 3
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "bad"), "--width", "250"])
