@@ -28,6 +28,7 @@ from data_prep.synthetic import _AAC_FRAME, tone
 from omnimem_train.data.manifest import SPLITS, Sample, write_manifest
 from omnimem_train.errors import ConfigError
 from omnimem_train.models.prompt import LETTERS
+from omnimem_train.utils.atomic import atomic_write_text
 
 COLOURS = {
     "red": (220, 40, 40),
@@ -119,9 +120,7 @@ def _samples(
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 def make_tiny_qa(

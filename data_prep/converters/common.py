@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from omnimem_train.data.manifest import SPLITS, Sample, _FieldError, _parse, wri
 from omnimem_train.errors import ConfigError, MediaError
 from omnimem_train.media.decode import MediaInfo, probe
 from omnimem_train.models.prompt import LETTERS
+from omnimem_train.utils.atomic import atomic_write_text
 
 MANIFEST_NAME = "manifest.jsonl"
 REJECTS_NAME = "rejects.jsonl"
@@ -415,17 +415,7 @@ def _sample(fields: dict, media_dir: Path, prober: _Prober) -> Sample:
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, "".join(lines))
 
 
 def check_split(split: str) -> None:

@@ -19,8 +19,6 @@ value came from (the recipe file or the override) and the dotted key, e.g.
 import dataclasses
 import difflib
 import io
-import os
-import tempfile
 import types
 import typing
 from collections.abc import Sequence
@@ -33,6 +31,7 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 
 from omnimem_train.config.schema import Config, FieldValueError
 from omnimem_train.errors import ConfigError
+from omnimem_train.utils.atomic import atomic_write_text
 
 CONFIG_FILENAME = "config.yaml"
 _SAVED_HEADER = "# Fully resolved config saved by omnimem-train; reuse it as a recipe to repeat the run.\n"
@@ -75,15 +74,7 @@ def save_config(cfg: Any, run_dir: str | Path) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / CONFIG_FILENAME
     text = _SAVED_HEADER + OmegaConf.to_yaml(OmegaConf.structured(cfg), resolve=True)
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".config.", suffix=".yaml.tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, text)
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -27,13 +27,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omnimem_train.errors import ConfigError
 from omnimem_train.models.prompt import LETTERS
+from omnimem_train.utils.atomic import atomic_write_text
 
 SPLITS = ("train", "val", "test")
 # Canonical key order of a written line; extra keys follow.
@@ -281,20 +281,7 @@ def write_manifest(path: str | Path, samples: Iterable[Sample]) -> Path:
         d = s.to_dict()
         d["video"], d["audio"] = _relativize(s.video, base), _relativize(s.audio, base)
         lines.append(json.dumps(d, ensure_ascii=False) + "\n")
-    # A unique name in the same folder (so the rename is atomic), created with open() so that the
-    # file gets the usual umask-derived mode, unlike tempfile.mkstemp's 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(path, "".join(lines))
 
 
 def dataset_features():

@@ -25,9 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +35,7 @@ import yaml
 
 from omnimem_train.errors import ConfigError, MediaError
 from omnimem_train.eval.metrics import compute_metrics
+from omnimem_train.utils.atomic import atomic_write_text
 
 CELLS_DIR = "cells"
 PREDICTIONS = "predictions.jsonl"
@@ -143,16 +142,7 @@ def cell_config(cfg, cell: Cell):
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
 
 
 def _write_if_changed(path: Path, text: str) -> bool:

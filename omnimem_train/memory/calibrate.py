@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +43,7 @@ from omnimem_train.memory.context import LayerContext
 from omnimem_train.memory.layer_memory import LayerMemory
 from omnimem_train.memory.policy import MemoryPolicy
 from omnimem_train.models.base import Modality
+from omnimem_train.utils.atomic import atomic_write_text
 
 MODALITIES = ("audio", "visual", "all")
 _MASKS = {
@@ -274,13 +273,4 @@ def write_budget_file(path: str | Path, layers: list[list[int]], meta: dict) -> 
             parts.append(f"  {json.dumps(key)}: {json.dumps(value)}")
     text = "{\n" + ",\n".join(parts) + "\n}\n"
     assert json.loads(text)["layers"] == [[int(a), int(v)] for a, v in layers]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a budget file is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, text)
