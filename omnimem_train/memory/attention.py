@@ -36,13 +36,24 @@ def attention_mass(queries: torch.Tensor, keys: torch.Tensor, n_old: int, block:
 
     queries: (H, L, d) the group's queries (RoPE applied); keys: (1, G, n, d) candidates' keys
     ([memory ; group], RoPE applied); n_old = n - L. Returns (n,) float32.
+
+    The per-group sum over key groups is folded into one (L, G·d) x (G·d, n) product, and only the
+    group's own columns need the causal mask (memory precedes every query).
     """
     keys = keys[0]
-    qbar = head_mean_queries(queries, keys.shape[0])
-    mass = torch.zeros(keys.shape[1], dtype=torch.float32, device=keys.device)
-    for q0 in range(0, qbar.shape[1], block):
-        q1 = min(q0 + block, qbar.shape[1])
-        mass += torch.softmax(_causal_block_logits(qbar, keys, q0, q1, n_old), dim=-1).sum(0)
+    g, n, d = keys.shape
+    qbar = head_mean_queries(queries, g)  # (G, L, d)
+    L = qbar.shape[1]
+    q2 = qbar.permute(1, 0, 2).reshape(L, g * d) / math.sqrt(d)
+    k2t = keys.float().permute(1, 0, 2).reshape(n, g * d).T
+    cols = torch.arange(L, device=keys.device)
+    mass = torch.zeros(n, dtype=torch.float32, device=keys.device)
+    for q0 in range(0, L, block):
+        q1 = min(q0 + block, L)
+        logits = q2[q0:q1] @ k2t  # (b, n)
+        logits[:, n_old:].masked_fill_(cols[None, :] > torch.arange(q0, q1, device=keys.device)[:, None],
+                                       float("-inf"))
+        mass += torch.softmax(logits, dim=-1).sum(0)
     return mass
 
 

@@ -139,13 +139,16 @@ class ModelAdapter(ABC):
             return self.rotary_emb(hidden, positions.unsqueeze(1))  # (3, 1, L)
         return self.rotary_emb(hidden, positions)  # (1, L)
 
-    def group_queries(self, layer_idx: int, hidden: torch.Tensor, cos_sin) -> torch.Tensor:
+    def group_queries(self, layer_idx: int, hidden: torch.Tensor, cos_sin,
+                      q_proj_out: torch.Tensor | None = None) -> torch.Tensor:
         """The queries layer `layer_idx` computed for a group: (1, L, D) layer-input hidden ->
-        (n_heads, L, head_dim), RoPE applied exactly as in the layer's attention."""
+        (n_heads, L, head_dim), RoPE applied exactly as in the layer's attention. `q_proj_out`:
+        the layer's own q_proj output (1, L, H·d) if it was captured, to skip recomputing it."""
         layer = self.decoder_layers[layer_idx]
         attn = layer.self_attn
-        h = layer.input_layernorm(hidden)
-        q = attn.q_proj(h).view(*h.shape[:-1], -1, attn.head_dim)
+        if q_proj_out is None:
+            q_proj_out = attn.q_proj(layer.input_layernorm(hidden))
+        q = q_proj_out.view(*q_proj_out.shape[:-1], -1, attn.head_dim)
         if hasattr(attn, "q_norm"):  # Qwen3-style per-head query norm, applied before RoPE
             q = attn.q_norm(q)
         q = q.transpose(1, 2)  # (1, H, L, d)

@@ -158,23 +158,31 @@ class StreamingEngine:
             if n_mem not in masks:  # layers with equal memory sizes share one mask
                 masks[n_mem] = group_mask(n_mem, n, x.dtype, x.device)
             h_in = x
-            x = layer(x, attention_mask=masks[n_mem], position_embeddings=cos_sin, cache=kv)
+            # Keep the layer's own q_proj output: attention-based scorers need the group's queries
+            # and would otherwise recompute them (the hook lives only for this call).
+            q_out: list[torch.Tensor] = []
+            hook = layer.self_attn.q_proj.register_forward_hook(lambda m, i, o, q_out=q_out: q_out.append(o.detach()))
+            try:
+                x = layer(x, attention_mask=masks[n_mem], position_embeddings=cos_sin, cache=kv)
+            finally:
+                hook.remove()
             cand = LayerMemory(kv.new_keys, kv.new_values, **new_tokens,
                                extras=self.policy.new_token_extras(h_in[0].detach()))
             cand = cand if mem is None else mem.append(cand, keys=kv.keys, values=kv.values)
             if evict:
-                cand = self._evict(i, cand, n, seen, h_in, cos_sin, replay)
+                cand = self._evict(i, cand, n, seen, h_in, cos_sin, replay, q_out[-1] if q_out else None)
             layers.append(cand)
         return layers, x
 
-    def _evict(self, i, cand: LayerMemory, n: int, seen, h_in, cos_sin, replay) -> LayerMemory:
+    def _evict(self, i, cand: LayerMemory, n: int, seen, h_in, cos_sin, replay, q_proj_out=None) -> LayerMemory:
         """Apply the policy to layer i's candidates. Selection runs without autograd (indices are
         not differentiated); only the gather of the kept keys/values is recorded, identically on
         the first pass and on a checkpoint recompute (which replays the recorded indices)."""
         if replay is not None and i in replay:
             keep = replay[i]
             return cand if keep is None else cand.take(keep)
-        ctx = LayerContext(i, cand, n, seen, h_in[0], lambda: self.adapter.group_queries(i, h_in, cos_sin))
+        ctx = LayerContext(i, cand, n, seen, h_in[0],
+                           lambda: self.adapter.group_queries(i, h_in, cos_sin, q_proj_out))
         with torch.no_grad():
             chosen = self.policy.update(ctx)
         keep = None if chosen.n == cand.n else torch.searchsorted(cand.index, chosen.index)

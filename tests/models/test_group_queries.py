@@ -25,6 +25,7 @@ def test_group_queries_rebuild_attention_output(model, tiny_omni, tiny_llama):
             lambda m, args, kwargs, out: captured.update(h_in=args[0], cos_sin=kwargs["position_embeddings"]),
             with_kwargs=True),
         attn.register_forward_hook(lambda m, args, out: captured.update(out=out[0])),
+        attn.q_proj.register_forward_hook(lambda m, args, out: captured.update(q_proj=out)),
     ]
     try:
         with torch.no_grad():
@@ -38,6 +39,9 @@ def test_group_queries_rebuild_attention_output(model, tiny_omni, tiny_llama):
         for h in hooks:
             h.remove()
     q = ad.group_queries(layer_idx, captured["h_in"], captured["cos_sin"])  # (H, L, d)
+    # The engine reuses the layer's own q_proj output instead of recomputing it: same queries.
+    reused = ad.group_queries(layer_idx, captured["h_in"], captured["cos_sin"], captured["q_proj"])
+    assert torch.allclose(q, reused, atol=1e-6)
     mem = state.layers[layer_idx]
     rep = q.shape[0] // mem.keys.shape[1]
     k = mem.keys[0].repeat_interleave(rep, 0)
