@@ -1,0 +1,350 @@
+"""Training-step benchmark: budget-aware streaming training vs plain full-context (`compression: none`).
+
+Run (from the repository root, with the project's venv):
+
+    python benchmarks/train_step.py                   # budget 256, lengths 1x 4x 8x the budget (~45 s on 2 CPU cores)
+    python benchmarks/train_step.py --quick           # budget 128, 2 timed steps (~35 s)
+    python benchmarks/train_step.py --with-none-ckpt  # also compression=none with gradient checkpointing
+    python benchmarks/train_step.py --out /tmp/train_step.md   # also write the table as markdown
+
+What it does: for each length multiple m it writes a real H.264+AAC mp4 (`data_prep.synthetic.write_clip`,
+112x112, a coloured square moving over a gradient) long enough that the stream holds about m x budget
+audio+visual tokens (112x112 at 2 fps: 16 visual + 25 audio tokens/s). Every (length, mode) case trains
+on that same clip with the question "What colour is the square?" (four colour options, target "A. red")
+in its own fresh subprocess (this script with a hidden `--worker` flag), so peak memory is per case.
+
+A worker loads `recipes/train/tiny_cpu.yaml` with overrides (`omnimem_train.config.load_config`):
+`builtin:tiny-omni` (random-weight Qwen2.5-Omni thinker), LoRA r=8 on q/k/v, float32, CPU, and builds
+the training module exactly as `omnimem-train train` does (`omnimem_train.train.run.build_objective`).
+The modes:
+
+- `budget`: `compression=streaming`, `memory.scorer=omnimem`, `memory.budget=B`, groups of
+  `--group-size` stream tokens, `gradient_checkpointing=true` (the recipe's default);
+- `none`: `compression=none` (one group holding the whole stream, nothing evicted) *without*
+  gradient checkpointing: plain full-context training, the comparison the issue asks for;
+- `none+ckpt` (`--with-none-ckpt`): `compression=none` with `gradient_checkpointing=true`. With one
+  group, per-group checkpointing recomputes the whole stream in backward, so it saves little.
+
+One step = `objective([example])` (decode the mp4 through the media path, frozen encoders without
+autograd, the grouped decoder forward, the answer loss) + backward + `torch.optim.AdamW.step` on the
+trainable (LoRA) parameters. Per case, after loading the model and creating the optimizer:
+
+1. one throwaway step on a 2-s clip (lazy imports, kernel/allocator setup, AdamW state): the
+   "after load" RSS is `ru_maxrss` read after it;
+2. one warm-up step on the case's clip (not timed);
+3. `--steps` timed steps (default 3); step time = their median (the targets use it; the minimum is
+   shown too, the better estimate when other jobs share the CPU).
+
+Workers use one torch intra-op thread by default (`--threads`; 0 = torch's default): on a shared
+2-vCPU VM, two threads per worker gave occasional 10-50x slower steps whenever another job ran.
+
+Peak RSS is the worker's `ru_maxrss` at its end (so it includes loading). "step peak above base" is
+the kernel's own peak counter (`/proc/self/status` VmHWM) reset (`/proc/self/clear_refs` = 5) right
+before the warm-up step and read after the timed steps, minus the RSS at the reset: the memory the
+training steps themselves added. Also reported: the wall time of decoding the stream and running the
+encoders alone (`media_input` + `adapter.stream` under no_grad, median of `--steps` runs per case), the audio+visual tokens left in the
+engine's memory per layer after the stream and that memory's bytes (`state.report()`, via
+`objective.last_reports`).
+
+Targets (issue): at 8x the budget, (1) budget-aware peak memory < full-context peak memory, and
+(2) budget-aware step time <= 1.5 x full-context step time at 1x. This script is a report: it prints
+PASS/FAIL for both and exits 0 unless a case crashes (`--strict`: exit 1 when a target is missed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPE = REPO / "recipes" / "train" / "tiny_cpu.yaml"
+AUDIO_TOKENS_PER_S = 25  # Qwen2.5-Omni audio tower: 100 mel frames/s, stride 4 overall
+SAMPLE_FPS = 2.0  # frames/s fed to the vision tower
+MIN_PIXELS = 56 * 56
+QUESTION = "What colour is the square?"
+OPTIONS = ["red", "green", "blue", "yellow"]
+ANSWER = "A. red"
+STEP_TIME_FACTOR = 1.5
+MODES = {  # mode -> config overrides on top of the common ones
+    "budget": ["compression=streaming", "gradient_checkpointing=true"],
+    "none": ["compression=none", "gradient_checkpointing=false"],
+    "none+ckpt": ["compression=none", "gradient_checkpointing=true"],
+}
+
+
+def _repo_on_path() -> None:
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    os.environ.setdefault("OMNIMEM_HOME", str(REPO / "checkpoints"))  # built-in checkpoints
+
+
+def _rss_mib() -> float:
+    """Peak resident set size of this process so far, MiB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def _proc_status(key: str) -> float | None:
+    """A /proc/self/status memory line (VmHWM, VmRSS) in MiB, or None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_hwm() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) to the current RSS (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def clip_seconds(multiple: int, budget: int, width: int, height: int) -> int:
+    """multiple x the whole seconds whose audio+visual tokens first reach the budget (a frame that is
+    already a multiple of 28 keeps its size: (w/28)(h/28) visual tokens per 2-frame patch = per s)."""
+    rate = (width // 28) * (height // 28) * SAMPLE_FPS / 2 + AUDIO_TOKENS_PER_S
+    return multiple * max(1, math.ceil(budget / rate))
+
+
+# --- worker: one (clip, mode) case in a fresh process -------------------------------------------------
+def run_case(clip: str, warm_clip: str, mode: str, budget: int, group_size: int, width: int, height: int,
+             steps: int, threads: int | None = None) -> dict:
+    rss_start = _rss_mib()
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+    from omnimem_train.config import load_config
+    from omnimem_train.models.prompt import split_chat_prompt
+    from omnimem_train.streaming.inputs import media_input
+    from omnimem_train.train.objective import Example
+    from omnimem_train.train.run import build_objective
+
+    overrides = [
+        "device=cpu", "dtype=float32", "lora_dropout=0.0", "report_to=none", "media.audio=required",
+        f"media.max_pixels={width * height}", f"media.min_pixels={MIN_PIXELS}", f"media.video_fps={SAMPLE_FPS}",
+        "memory.scorer=omnimem", f"memory.budget={budget}", f"memory.group_size={group_size}",
+        *MODES[mode],
+    ]
+    cfg = load_config(RECIPE, overrides)
+    torch.manual_seed(cfg.seed)
+    objective, adapter = build_objective(cfg)
+    objective.train()
+    params = [p for p in objective.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+    def example(path: str) -> Example:
+        return Example(video=path, audio=None, question=QUESTION, options=OPTIONS, answer=ANSWER)
+
+    def step(ex: Example) -> float:
+        opt.zero_grad(set_to_none=True)
+        loss = objective([ex])
+        loss.backward()
+        opt.step()
+        return float(loss)
+
+    step(example(warm_clip))  # one-time setup on a short clip
+    rss_loaded = _rss_mib()
+    rss_base = _proc_status("VmRSS")
+    hwm_reset = _reset_hwm()
+    ex = example(clip)
+    losses = [step(ex)]  # warm-up on the case's clip
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        losses.append(step(ex))
+        times.append(time.perf_counter() - t0)
+    step_hwm = _proc_status("VmHWM") if hwm_reset else None
+    rep = objective.last_reports[0]
+
+    # Decoding + encoders alone (what any training mode pays before the decoder sees a token).
+    prefix, _ = split_chat_prompt(adapter.tokenizer, cfg.generation.system_prompt, QUESTION)
+    media_times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            media, _ = media_input(adapter, cfg.media, clip)
+            media_tokens = sum(int((p.modality != 0).sum()) for p in adapter.stream(media, prefix))
+        media_times.append(time.perf_counter() - t0)
+    return {
+        "mode": mode,
+        "seconds": media.duration_s,
+        "stream_tokens": rep.tokens_seen,
+        "media_tokens": media_tokens,
+        "groups": math.ceil(rep.tokens_seen / group_size) if mode == "budget" else 1,
+        "kept_media_per_layer": rep.mean("visual") + rep.mean("audio"),
+        "kv_bytes": rep.kv_bytes,
+        "engine_bytes": rep.total_bytes,
+        "step_s": statistics.median(times),
+        "all_step_s": times,
+        "media_s": statistics.median(media_times),
+        "losses": losses,
+        "rss_start_mib": rss_start,
+        "rss_loaded_mib": rss_loaded,
+        "rss_base_mib": rss_base,
+        "rss_peak_mib": _rss_mib(),
+        "vm_hwm_mib": _proc_status("VmHWM"),
+        "step_hwm_mib": step_hwm,
+        "trainable": sum(p.numel() for p in params),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+def _worker(spec: str) -> None:
+    _repo_on_path()
+    result = run_case(**json.loads(spec))
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# --- driver (never imports torch: Linux carries ru_maxrss across exec into the workers) ---------------
+def _spawn(case: dict) -> dict:
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(case)],
+                          capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"worker failed (exit {proc.returncode}) for {case}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def _above(r: dict) -> float:
+    return r["rss_peak_mib"] - r["rss_loaded_mib"]
+
+
+def _step_above(r: dict) -> float | None:
+    return None if r["step_hwm_mib"] is None else r["step_hwm_mib"] - r["rss_base_mib"]
+
+
+def format_table(rows: list[dict]) -> str:
+    head = ("| length | clip s | stream tokens | mode | step s (median) | step s (min) | decode+encoders s | "
+            "kept A+V tokens/layer | engine memory after stream KiB | peak RSS MiB | RSS above after-load MiB | "
+            "step peak above base MiB |")
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        sa = _step_above(r)
+        out.append(
+            f"| {r['multiple']}× | {r['seconds']:.0f} | {r['stream_tokens']:,} | {r['mode']} | {r['step_s']:.2f} | {min(r['all_step_s']):.2f} | "
+            f"{r['media_s']:.2f} | {r['kept_media_per_layer']:.0f} | {r['engine_bytes'] / 1024:,.0f} | "
+            f"{r['rss_peak_mib']:.0f} | {_above(r):.0f} | {'n/a' if sa is None else f'{sa:.0f}'} |"
+        )
+    return "\n".join(out)
+
+
+def checks(rows: list[dict], lo: int, hi: int) -> tuple[list[str], bool]:
+    by = {(r["multiple"], r["mode"]): r for r in rows}
+    b, n, n_lo = by[(hi, "budget")], by[(hi, "none")], by[(lo, "none")]
+    lines = []
+    ok_peak = b["rss_peak_mib"] < n["rss_peak_mib"]
+    ok_above = _above(b) < _above(n)
+    lines.append(f"target 1 @ {hi}×: budget peak RSS {b['rss_peak_mib']:.0f} MiB {'<' if ok_peak else '>='} "
+                 f"none {n['rss_peak_mib']:.0f} MiB: {'PASS' if ok_peak else 'FAIL'}")
+    lines.append(f"           RSS above after-load: budget {_above(b):.0f} MiB {'<' if ok_above else '>='} "
+                 f"none {_above(n):.0f} MiB: {'PASS' if ok_above else 'FAIL'}")
+    sb, sn = _step_above(b), _step_above(n)
+    if sb is not None and sn is not None:
+        lines.append(f"           step peak above base (VmHWM reset): budget {sb:.0f} MiB vs none {sn:.0f} MiB")
+    if lo == hi:
+        lines.append("target 2: n/a (needs two length multiples)")
+        return lines, ok_peak
+    limit = STEP_TIME_FACTOR * n_lo["step_s"]
+    ok_time = b["step_s"] <= limit
+    lines.append(f"target 2: budget step @ {hi}× {b['step_s']:.2f} s {'<=' if ok_time else '>'} {STEP_TIME_FACTOR} × "
+                 f"none step @ {lo}× ({n_lo['step_s']:.2f} s) = {limit:.2f} s: {'PASS' if ok_time else 'FAIL'} "
+                 f"(ratio {b['step_s'] / n_lo['step_s']:.2f})")
+    lines.append(f"           for reference: budget @ {hi}× / none @ {hi}× step time = {b['step_s'] / n['step_s']:.2f}; "
+                 f"decode+encoders alone @ {hi}× {b['media_s']:.2f} s vs @ {lo}× {n_lo['media_s']:.2f} s")
+    return lines, ok_peak and ok_time
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--budget", type=int, default=None, help="audio+visual tokens kept per layer (default 256, 128 with --quick)")
+    p.add_argument("--multiples", type=int, nargs="+", default=[1, 4, 8], help="stream lengths as multiples of the budget")
+    p.add_argument("--group-size", type=int, default=None, help="budget mode: stream tokens per group (default budget/2)")
+    p.add_argument("--width", type=int, default=112, help="clip width (a multiple of 28)")
+    p.add_argument("--height", type=int, default=112, help="clip height (a multiple of 28)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per case (default 3, 2 with --quick)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads per worker (default 1: stable timings on a shared 2-vCPU VM; 0: torch's default)")
+    p.add_argument("--with-none-ckpt", action="store_true", help="also run compression=none with gradient checkpointing")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument("--out", type=Path, default=None, help="also write the markdown table and checks here")
+    p.add_argument("--quick", action="store_true", help="budget 128, 2 timed steps")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        _worker(args.worker)
+        return 0
+    _repo_on_path()
+    from data_prep.synthetic import write_clip
+
+    budget = args.budget if args.budget is not None else (128 if args.quick else 256)
+    group_size = args.group_size if args.group_size is not None else max(1, budget // 2)
+    steps = args.steps if args.steps is not None else (2 if args.quick else 3)
+    multiples = sorted(set(args.multiples))
+    if budget < 1 or multiples[0] < 1 or steps < 1 or group_size < 1 or args.threads < 0:
+        p.error("--budget, --multiples, --steps and --group-size must be >= 1, --threads >= 0")
+    if args.width % 28 or args.height % 28:
+        p.error("--width/--height must be multiples of 28 (frames keep their size; token counts stay exact)")
+    modes = ["budget", "none"] + (["none+ckpt"] if args.with_none_ckpt else [])
+    rate = (args.width // 28) * (args.height // 28) + AUDIO_TOKENS_PER_S
+    print(f"tiny-omni LoRA training on CPU (fp32), budget {budget} audio+visual tokens/layer (omnimem), "
+          f"group {group_size}, {args.width}x{args.height} @ {SAMPLE_FPS:g} fps -> {rate} media tokens/s, "
+          f"{steps} timed steps/case; python {platform.python_version()}, {os.cpu_count()} CPUs", flush=True)
+
+    rows = []
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="train_step_") as tmp:
+        warm = write_clip(Path(tmp) / "warm.mp4", 2, args.width, args.height, 8, seed=99)
+        for m in multiples:
+            seconds = clip_seconds(m, budget, args.width, args.height)
+            clip = write_clip(Path(tmp) / f"clip_{m}x.mp4", seconds, args.width, args.height, 8, seed=m)
+            for mode in modes:
+                case = dict(clip=str(clip), warm_clip=str(warm), mode=mode, budget=budget, group_size=group_size,
+                            width=args.width, height=args.height, steps=steps, threads=args.threads or None)
+                r = _spawn(case) | {"multiple": m}
+                print(f"  {m:>2}× {mode:>9}: {r['stream_tokens']:,} tokens, step {r['step_s']:.2f} s "
+                      f"({', '.join(f'{t:.2f}' for t in r['all_step_s'])}), peak RSS {r['rss_peak_mib']:.0f} MiB, "
+                      f"+{_above(r):.0f} MiB, loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f}", flush=True)
+                rows.append(r)
+
+    table = format_table(rows)
+    lines, ok = checks(rows, multiples[0], multiples[-1])
+    w = rows[0]
+    lines.append(f"workers: torch {w['torch']}, {w['threads']} intra-op threads, {w['trainable']:,} trainable "
+                 f"(LoRA) parameters, AdamW lr from the recipe; after-load RSS {min(r['rss_loaded_mib'] for r in rows):.0f}–"
+                 f"{max(r['rss_loaded_mib'] for r in rows):.0f} MiB")
+    bad = [r for r in rows if r["step_hwm_mib"] is None and r["vm_hwm_mib"] is not None
+           and abs(r["vm_hwm_mib"] - r["rss_peak_mib"]) > 1]
+    if bad:
+        lines.append("warning: ru_maxrss differs from VmHWM in " + ", ".join(f"{r['multiple']}×/{r['mode']}" for r in bad))
+    lines.append(f"total {time.perf_counter() - t_all:.0f} s")
+    print()
+    print(table)
+    print()
+    print("\n".join(lines))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table + "\n\n```\n" + "\n".join(lines) + "\n```\n")
+    return 1 if args.strict and not ok else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
