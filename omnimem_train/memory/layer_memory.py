@@ -81,5 +81,9 @@ class LayerMemory:
     def kv_bytes(self) -> int:
         return self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
 
+    def meta_bytes(self) -> int:
+        """Bookkeeping kept per token: original positions, modality label, stream index."""
+        return sum(t.numel() * t.element_size() for t in (self.positions, self.modality, self.index))
+
     def extra_bytes(self) -> int:
         return sum(v.numel() * v.element_size() for v in self.extras.values())

@@ -15,6 +15,7 @@ class LayerReport:
     audio: int
     kv_bytes: int
     extra_bytes: int  # whatever else the policy stores per token (hidden states, running attention)
+    meta_bytes: int = 0  # the engine's per-token bookkeeping (positions, modality, stream index)
 
 
 @dataclass
@@ -28,7 +29,7 @@ class MemoryReport:
 
     @property
     def total_bytes(self) -> int:
-        return sum(layer.kv_bytes + layer.extra_bytes for layer in self.layers)
+        return sum(layer.kv_bytes + layer.extra_bytes + layer.meta_bytes for layer in self.layers)
 
     def mean(self, field: str) -> float:
         return sum(getattr(layer, field) for layer in self.layers) / max(len(self.layers), 1)
@@ -50,7 +51,7 @@ def memory_report(layers: list[LayerMemory], tokens_seen: int) -> MemoryReport:
     return MemoryReport(
         [
             LayerReport(m.count(Modality.TEXT), m.count(Modality.VISUAL), m.count(Modality.AUDIO),
-                        m.kv_bytes(), m.extra_bytes())
+                        m.kv_bytes(), m.extra_bytes(), m.meta_bytes())
             for m in layers
         ],
         tokens_seen,

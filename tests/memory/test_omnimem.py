@@ -106,4 +106,5 @@ def test_memory_report_counts_what_omnimem_stores(tiny_llama):
         n = mem.n
         assert layer.extra_bytes == n * d_model * 4 + n * 4  # hidden state + running attention (fp32)
         assert layer.kv_bytes == mem.kv_bytes()
-    assert rep.total_bytes == rep.kv_bytes + sum(layer.extra_bytes for layer in rep.layers)
+        assert layer.meta_bytes == n * (1 + 1 + 1) * 8  # 1-D positions, modality, stream index (int64)
+    assert rep.total_bytes == rep.kv_bytes + sum(layer.extra_bytes + layer.meta_bytes for layer in rep.layers)
