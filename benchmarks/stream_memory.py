@@ -33,18 +33,17 @@ largest multiple exceed 1.02 x those at the smallest.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _isolation import proc_status, repo_on_path, rss_mib, spawn, worker_main  # noqa: E402
+
 AUDIO_TOKENS_PER_S = 25  # Qwen2.5-Omni audio tower: 100 mel frames/s, stride 4 overall
 SAMPLE_FPS = 2.0  # frames/s fed to the vision tower (the Qwen2.5-Omni default)
 MIN_PIXELS = 56 * 56  # MediaConfig's default; max_pixels is the clip's own area, so frames keep their size
@@ -53,28 +52,7 @@ SYSTEM = "You are a helpful assistant that watches and listens to videos."
 QUESTION = "What happened in the video?"
 
 
-def _repo_on_path() -> None:
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    # Built-in checkpoints live under the repo's checkpoints/ whatever the working directory is.
-    os.environ.setdefault("OMNIMEM_HOME", str(REPO / "checkpoints"))
 
-
-def _rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-
-
-def _vm_hwm_mib() -> float | None:
-    """Linux's own peak-RSS counter for this process image (cross-check of ru_maxrss)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 def video_tokens_per_s(width: int, height: int) -> float:
@@ -101,7 +79,7 @@ def clip_seconds(multiple: int, budget: int, width: int, height: int) -> int:
 # --- worker: one (clip, policy) case in a fresh process ----------------------------------------------
 def run_case(clip: str, policy: str, budget: int, group_size: int, width: int, height: int,
              repeats: int = 3) -> dict:
-    rss_start = _rss_mib()  # inherited from the parent across exec on Linux; should stay well below the rest
+    rss_start = rss_mib()  # inherited from the parent across exec on Linux; should stay well below the rest
     import torch
 
     from omnimem_train.config.schema import MediaConfig
@@ -118,7 +96,7 @@ def run_case(clip: str, policy: str, budget: int, group_size: int, width: int, h
     prefix, _ = split_chat_prompt(adapter.tokenizer, SYSTEM, QUESTION)
     engine = StreamingEngine(adapter, make_policy("recency" if policy == "recent" else policy, len(adapter.decoder_layers), budget=budget, sink_tokens=0, modality_aware=False), group_size=group_size)
     _warm_up(adapter, engine, prefix)
-    rss_loaded = _rss_mib()
+    rss_loaded = rss_mib()
 
     peak_kv, runs = 0, []
     for _ in range(repeats):  # tokens/s is taken from the fastest of `repeats` identical streams
@@ -167,8 +145,8 @@ def run_case(clip: str, policy: str, budget: int, group_size: int, width: int, h
         "peak_kv_bytes": peak_kv,
         "rss_start_mib": rss_start,
         "rss_loaded_mib": rss_loaded,
-        "rss_peak_mib": _rss_mib(),
-        "vm_hwm_mib": _vm_hwm_mib(),
+        "rss_peak_mib": rss_mib(),
+        "vm_hwm_mib": proc_status("VmHWM"),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "all_wall_s": [r["wall_s"] for r in runs],
@@ -190,26 +168,8 @@ def _warm_up(adapter, engine, prefix) -> None:
         engine.prefill(adapter.stream(media, prefix))
 
 
-def _worker(spec: str) -> None:
-    _repo_on_path()
-    result = run_case(**json.loads(spec))
-    print("RESULT " + json.dumps(result), flush=True)
-
 
 # --- driver -------------------------------------------------------------------------------------------
-def _spawn(case: dict) -> dict:
-    """Run one case in a fresh interpreter. Linux carries a process's peak RSS across exec (the child's
-    ru_maxrss starts at the parent's peak), so the driver never imports torch or loads the model: its
-    own peak (writing the clips) stays far below a worker's, and each worker cross-checks ru_maxrss
-    against /proc's VmHWM, which is per process image."""
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(case)],
-                          capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"worker failed (exit {proc.returncode}) for {case}")
-    return json.loads(lines[-1][len("RESULT "):])
-
 
 def _kib(n: int) -> str:
     return f"{n / 1024:,.1f}"
@@ -266,9 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        _worker(args.worker)
+        worker_main(args.worker, run_case)
         return 0
-    _repo_on_path()
+    repo_on_path()
     from data_prep.synthetic import write_clip
 
     budget = args.budget if args.budget is not None else (128 if args.quick else 512)
@@ -291,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             for pol in ("recent", "full"):
                 case = dict(clip=str(clip), policy=pol, budget=budget, group_size=args.group_size,
                             width=args.width, height=args.height, repeats=args.repeats)
-                r = _spawn(case) | {"multiple": m}
+                r = spawn(__file__, case) | {"multiple": m}
                 print(f"  {m:>3}× {pol:>6}: {r['stream_tokens']:,} tokens, KV {_kib(r['kv_bytes'])} KiB, "
                       f"{r['tokens_per_s']:,.0f} tok/s", flush=True)
                 rows.append(r)

@@ -54,19 +54,18 @@ PASS/FAIL for both and exits 0 unless a case crashes (`--strict`: exit 1 when a 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _isolation import REPO, proc_status, repo_on_path, reset_hwm, rss_mib, spawn, worker_main  # noqa: E402
+
 RECIPE = REPO / "recipes" / "train" / "tiny_cpu.yaml"
 AUDIO_TOKENS_PER_S = 25  # Qwen2.5-Omni audio tower: 100 mel frames/s, stride 4 overall
 SAMPLE_FPS = 2.0  # frames/s fed to the vision tower
@@ -82,36 +81,8 @@ MODES = {  # mode -> config overrides on top of the common ones
 }
 
 
-def _repo_on_path() -> None:
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    os.environ.setdefault("OMNIMEM_HOME", str(REPO / "checkpoints"))  # built-in checkpoints
 
 
-def _rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-
-
-def _proc_status(key: str) -> float | None:
-    """A /proc/self/status memory line (VmHWM, VmRSS) in MiB, or None off Linux."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_hwm() -> bool:
-    """Reset the kernel's peak-RSS counter (VmHWM) to the current RSS (Linux >= 4.0)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def clip_seconds(multiple: int, budget: int, width: int, height: int) -> int:
@@ -124,7 +95,7 @@ def clip_seconds(multiple: int, budget: int, width: int, height: int) -> int:
 # --- worker: one (clip, mode) case in a fresh process -------------------------------------------------
 def run_case(clip: str, warm_clip: str, mode: str, budget: int, group_size: int, width: int, height: int,
              steps: int, threads: int | None = None) -> dict:
-    rss_start = _rss_mib()
+    rss_start = rss_mib()
     import torch
 
     if threads:
@@ -160,9 +131,9 @@ def run_case(clip: str, warm_clip: str, mode: str, budget: int, group_size: int,
         return float(loss)
 
     step(example(warm_clip))  # one-time setup on a short clip
-    rss_loaded = _rss_mib()
-    rss_base = _proc_status("VmRSS")
-    hwm_reset = _reset_hwm()
+    rss_loaded = rss_mib()
+    rss_base = proc_status("VmRSS")
+    hwm_reset = reset_hwm()
     ex = example(clip)
     losses = [step(ex)]  # warm-up on the case's clip
     times = []
@@ -170,7 +141,7 @@ def run_case(clip: str, warm_clip: str, mode: str, budget: int, group_size: int,
         t0 = time.perf_counter()
         losses.append(step(ex))
         times.append(time.perf_counter() - t0)
-    step_hwm = _proc_status("VmHWM") if hwm_reset else None
+    step_hwm = proc_status("VmHWM") if hwm_reset else None
     rep = objective.last_reports[0]
 
     # Decoding + encoders alone (what any training mode pays before the decoder sees a token).
@@ -198,8 +169,8 @@ def run_case(clip: str, warm_clip: str, mode: str, budget: int, group_size: int,
         "rss_start_mib": rss_start,
         "rss_loaded_mib": rss_loaded,
         "rss_base_mib": rss_base,
-        "rss_peak_mib": _rss_mib(),
-        "vm_hwm_mib": _proc_status("VmHWM"),
+        "rss_peak_mib": rss_mib(),
+        "vm_hwm_mib": proc_status("VmHWM"),
         "step_hwm_mib": step_hwm,
         "trainable": sum(p.numel() for p in params),
         "threads": torch.get_num_threads(),
@@ -207,22 +178,8 @@ def run_case(clip: str, warm_clip: str, mode: str, budget: int, group_size: int,
     }
 
 
-def _worker(spec: str) -> None:
-    _repo_on_path()
-    result = run_case(**json.loads(spec))
-    print("RESULT " + json.dumps(result), flush=True)
-
 
 # --- driver (never imports torch: Linux carries ru_maxrss across exec into the workers) ---------------
-def _spawn(case: dict) -> dict:
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(case)],
-                          capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"worker failed (exit {proc.returncode}) for {case}")
-    return json.loads(lines[-1][len("RESULT "):])
-
 
 def _above(r: dict) -> float:
     return r["rss_peak_mib"] - r["rss_loaded_mib"]
@@ -290,9 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        _worker(args.worker)
+        worker_main(args.worker, run_case)
         return 0
-    _repo_on_path()
+    repo_on_path()
     from data_prep.synthetic import write_clip
 
     budget = args.budget if args.budget is not None else (128 if args.quick else 256)
@@ -319,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             for mode in modes:
                 case = dict(clip=str(clip), warm_clip=str(warm), mode=mode, budget=budget, group_size=group_size,
                             width=args.width, height=args.height, steps=steps, threads=args.threads or None)
-                r = _spawn(case) | {"multiple": m}
+                r = spawn(__file__, case) | {"multiple": m}
                 print(f"  {m:>2}× {mode:>9}: {r['stream_tokens']:,} tokens, step {r['step_s']:.2f} s "
                       f"({', '.join(f'{t:.2f}' for t in r['all_step_s'])}), peak RSS {r['rss_peak_mib']:.0f} MiB, "
                       f"+{_above(r):.0f} MiB, loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f}", flush=True)
