@@ -16,6 +16,12 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _omnimem_home(tmp_path_factory, monkeypatch):
+    """Built-in models are saved under one session folder, never the checkout's checkpoints/."""
+    monkeypatch.setenv("OMNIMEM_HOME", str(tmp_path_factory.getbasetemp() / "omnimem_home"))
+
+
 @pytest.fixture(scope="session")
 def tiny_omni():
     """Qwen2_5OmniThinkerForConditionalGeneration (4 text layers, hidden 64) wrapped in its adapter."""

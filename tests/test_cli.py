@@ -10,16 +10,6 @@ from omnimem_train.cli import main
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    return tmp_path_factory.mktemp("omnimem_home")
-
-
-@pytest.fixture(autouse=True)
-def _env(home, monkeypatch):
-    monkeypatch.setenv("OMNIMEM_HOME", str(home))
-
-
-@pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     return str(write_clip(tmp_path_factory.mktemp("media") / "clip.mp4", seconds=5.0, width=112, height=112, fps=8))
 

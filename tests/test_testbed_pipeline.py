@@ -11,8 +11,7 @@ from omnimem_train.eval import run_eval
 from omnimem_train.train.run import run_training
 
 
-def test_generate_train_evaluate(tmp_path, monkeypatch):
-    monkeypatch.setenv("OMNIMEM_HOME", str(tmp_path / "home"))
+def test_generate_train_evaluate(tmp_path):
     spec = TestbedSpec(seconds=4.0, n_visual_events=2, n_audio_events=2)
     manifests = generate_testbed(tmp_path / "testbed", n_train=4, n_val=0, n_test=4, spec=spec, seed=0)
     combined = tmp_path / "testbed" / "manifest.jsonl"

@@ -258,16 +258,6 @@ def test_collector_video_only_stream(tiny_omni):
 # --- omnimem-train calibrate -----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    return tmp_path_factory.mktemp("omnimem_home")
-
-
-@pytest.fixture(autouse=True)
-def _env(home, monkeypatch):
-    monkeypatch.setenv("OMNIMEM_HOME", str(home))
-
-
 def test_calibrate_cli_end_to_end(tmp_path, capsys):
     code = main(["calibrate", "recipes/calibrate/tiny_omni.yaml", f"output_dir={tmp_path}"])
     out, err = capsys.readouterr()

@@ -8,8 +8,3 @@ def tiny_manifest(tmp_path_factory):
     from data_prep.tiny_qa import make_tiny_qa
 
     return make_tiny_qa(tmp_path_factory.mktemp("tiny_qa"), num=4, seconds=2.0, size=56, seed=0)
-
-
-@pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("OMNIMEM_HOME", str(tmp_path_factory.getbasetemp() / "omnimem_home"))
