@@ -548,6 +548,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--audio-events", type=int, default=d.n_audio_events, help="tones per clip")
     parser.add_argument("--visual-event-seconds", type=float, default=d.visual_event_seconds)
     parser.add_argument("--audio-event-seconds", type=float, default=d.audio_event_seconds)
+    parser.add_argument("--box-fraction", type=float, default=d.box_fraction, help="square side / frame side")
     parser.add_argument(
         "--model-video-fps", type=float, default=d.model_video_fps, help="config media.video_fps"
     )
@@ -565,6 +566,7 @@ def main(argv: list[str] | None = None) -> None:
             n_audio_events=args.audio_events,
             visual_event_seconds=args.visual_event_seconds,
             audio_event_seconds=args.audio_event_seconds,
+            box_fraction=args.box_fraction,
             model_video_fps=args.model_video_fps,
             model_max_pixels=args.model_max_pixels,
         )

@@ -6,6 +6,9 @@
     omnimem-train calibrate RECIPE.yaml [key=value ...]
     omnimem-train eval RECIPE.yaml [--model DIR] [key=value ...]
     omnimem-train train RECIPE.yaml [key=value ...]      (multi-process: ./launch.sh RECIPE.yaml)
+    omnimem-train pipeline RECIPE.yaml [key=value ...]   (testbed: generate, train base, evaluate)
+    omnimem-train export RUN_OR_CHECKPOINT [--output DIR] [--overwrite] [--max-shard-size 5GB]
+                         [--thinker-only] [--base MODEL]   (merge LoRA, verify, save a model folder)
 
 With no --video/--audio/--context, `infer` runs the embedded default: it writes a short
 synthetic clip (real H.264 + AAC mp4) into the run folder and streams it through the model.
@@ -25,6 +28,8 @@ from pathlib import Path
 from omnimem_train.calibrate_cmd import add_parser as add_calibrate_parser
 from omnimem_train.errors import OmniMemError
 from omnimem_train.eval_cmd import add_parser as add_eval_parser
+from omnimem_train.export_cmd import add_parser as add_export_parser
+from omnimem_train.pipeline import add_parser as add_pipeline_parser
 from omnimem_train.prep_cmd import add_parser as add_prep_parser
 
 DEFAULT_QUESTION = "What happens in this video?"
@@ -53,14 +58,17 @@ def cmd_infer(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from omnimem_train.config import load_config, save_config
+    from omnimem_train.config import load_serving_config, save_config
     from omnimem_train.memory.registry import build_policy
     from omnimem_train.models.load import load_adapter
     from omnimem_train.streaming.engine import StreamingEngine
     from omnimem_train.streaming.infer import answer_question
     from omnimem_train.streaming.inputs import media_input
 
-    cfg = load_config(args.recipe, _overrides_from_flags(args) + args.overrides)
+    # The model's own memory settings (omnimem_memory.json) sit below the recipe and the command line.
+    cfg, note = load_serving_config(args.recipe, _overrides_from_flags(args) + args.overrides)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     run_dir = Path(cfg.output_dir)
     video, audio, context = args.video, args.audio, args.context
     if video is None and audio is None and context is None:
@@ -91,7 +99,8 @@ def cmd_infer(args) -> int:
 
     try:
         result = answer_question(engine, media, args.question, args.options, cfg.generation.system_prompt,
-                                 cfg.generation.max_new_tokens, on_group=on_group, on_text=on_text)
+                                 cfg.generation.max_new_tokens, on_group=on_group, on_text=on_text,
+                                 answer_format=cfg.generation.answer_format)
     finally:
         bar.close()
     if args.options:
@@ -122,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help="stream a video/audio (or text-proxy) input under a memory budget and answer")
     p.add_argument("recipe", nargs="?", help="recipe YAML (default: built-in defaults, tiny model)")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. memory.group_size=512)")
-    p.add_argument("--model", help="model directory or builtin:<name> (sets model_name_or_path)")
+    p.add_argument("--model", help="model directory or builtin:<name> (sets model_name_or_path; the folder's "
+                                   "omnimem_memory.json, if any, supplies memory.* below the recipe)")
     p.add_argument("--video", help="video file (its audio track is used unless media.audio=off)")
     p.add_argument("--audio", help="separate audio file (wav/flac/...); alone: an audio-only stream")
     p.add_argument("--context", help="text-proxy context file for text-only LMs (lines 'visual:/audio:/text: ...')")
@@ -142,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", nargs="?", help="recipe YAML (e.g. recipes/train/tiny_cpu.yaml)")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. learning_rate=1e-4)")
     p.set_defaults(func=cmd_train)
+    add_pipeline_parser(sub)
+    add_export_parser(sub)
     return parser
 
 

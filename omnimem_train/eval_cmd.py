@@ -6,18 +6,25 @@ x N) of them), plus full memory as the upper bound, loading the model once. Writ
 <output_dir>/cells/<cell>/{predictions.jsonl, metrics.json, config.yaml}, and at the top
 summary.json, accuracy_vs_budget.png and config.yaml (layout: omnimem_train/eval/grid.py).
 Re-running skips finished cells. The model is any model_name_or_path: builtin:<name>, a
-checkpoint or an exported model directory.
+checkpoint or an exported model directory; the memory settings saved next to it
+(omnimem_memory.json) apply below the recipe, except the scorer and budget each cell sets.
 """
 
 from __future__ import annotations
 
 
 def cmd_eval(args) -> int:
-    from omnimem_train.config import load_config
+    import sys
+
+    from omnimem_train.config import load_serving_config
     from omnimem_train.eval.grid import format_table, run_eval
 
     flags = [f"model_name_or_path={args.model}"] if getattr(args, "model", None) else []
-    cfg = load_config(args.recipe, flags + args.overrides)
+    # Cells set scorer and budget; the rest of memory.* (group_size, lam, rho, ...) comes from the
+    # model's omnimem_memory.json unless the recipe or the command line sets it.
+    cfg, note = load_serving_config(args.recipe, flags + args.overrides)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     summary = run_eval(cfg)
     print(format_table(summary["cells"]))
     print(f"summary: {summary['summary']}")

@@ -131,3 +131,27 @@ def test_bad_config_key_and_policy(clip, capsys):
     assert code == 2 and "memory.scorr" in err and "Traceback" not in err
     code, _, err = _run(["infer", "--video", clip, "--scorer", "nope"], capsys)
     assert code == 2 and "nope" in err and "omnimem" in err and "full" in err and "frame_drop" in err
+
+
+def test_infer_serves_a_model_with_its_memory_settings(clip, tmp_path, capsys):
+    import shutil
+
+    from omnimem_train.models.builtin import resolve_builtin
+
+    model = shutil.copytree(resolve_builtin("tiny-omni")[0], tmp_path / "model")
+    (model / "omnimem_memory.json").write_text(json.dumps(
+        {"compression": "streaming", "scorer": "recency", "budget": 30, "sink_tokens": 0, "group_size": 64}))
+    run = tmp_path / "run"
+    code, out, err = _run(["infer", "--model", str(model), "--video", clip, f"output_dir={run}",
+                           "generation.max_new_tokens=2"], capsys)
+    assert code == 0, err
+    note = next(s for s in err.splitlines() if "omnimem_memory.json" in s)
+    assert "scorer=recency" in note and "budget=30" in note
+    layers = json.loads((run / "infer_result.json").read_text())["memory"]["layers"]
+    assert all(layer["visual"] + layer["audio"] == 30 for layer in layers)
+    code, out, err = _run(["infer", "--model", str(model), "--video", clip, "--budget", "20", f"output_dir={run}",
+                           "generation.max_new_tokens=2"], capsys)  # the command line wins
+    assert code == 0, err
+    layers = json.loads((run / "infer_result.json").read_text())["memory"]["layers"]
+    assert all(layer["visual"] + layer["audio"] == 20 for layer in layers)
+    assert "group_size: 64" in (run / "config.yaml").read_text()

@@ -1,35 +1,95 @@
-"""Smoke version of the testbed pipeline, end to end on real files: generate a tiny testbed, train
-the base model with full memory (full fine-tuning, `compression: none`), then evaluate full memory
-and two scorers at one budget, modality-aware and -blind. It checks the pieces fit together, not
-accuracy (that needs the real-length run)."""
+"""Smoke version of the testbed pipeline (`omnimem-train pipeline`), end to end on real files:
+generate a tiny testbed, train the base model with full memory (full fine-tuning, `compression:
+none`, frozen cached towers), then evaluate full memory and two scorers at one budget, aware and
+blind. It checks the pieces fit together and that a re-run reuses what is finished, not accuracy
+(that needs the real-length run, docs/testbed.md)."""
 
+import io
 import json
 
-from data_prep.testbed import TestbedSpec, generate_testbed
+import pytest
+
+from omnimem_train.cli import main
 from omnimem_train.config import load_config
-from omnimem_train.eval import run_eval
-from omnimem_train.train.run import run_training
+from omnimem_train.errors import ConfigError
+from omnimem_train.pipeline import PipelineConfig, run_pipeline, stage_configs, tune_configs
 
 
-def test_generate_train_evaluate(tmp_path):
-    spec = TestbedSpec(seconds=4.0, n_visual_events=2, n_audio_events=2)
-    manifests = generate_testbed(tmp_path / "testbed", n_train=4, n_val=0, n_test=4, spec=spec, seed=0)
-    combined = tmp_path / "testbed" / "manifest.jsonl"
-    assert combined.exists() and manifests
+def _cfg(tmp_path, *extra):
+    return load_config("recipes/testbed/pipeline_small.yaml", [
+        f"testbed.out={tmp_path / 'testbed'}", "testbed.train=4", "testbed.test=4",
+        f"train.overrides=[output_dir={tmp_path / 'base'},max_steps=2,per_device_train_batch_size=2,save_steps=100]",
+        f'eval.overrides=[output_dir={tmp_path / "eval"},"eval.scorers=[omnimem,recency]",'
+        '"eval.budget_fractions=[0.0625]","eval.modality=[aware,blind]"]',
+        f"tune.overrides=[output_dir={tmp_path / 'tuned'},max_steps=2,per_device_train_batch_size=2]",
+        *extra], schema=PipelineConfig)
 
-    base = tmp_path / "base"
-    trainer = run_training(load_config("recipes/testbed/base_full.yaml", [
-        f"dataset={combined}", f"output_dir={base}", "max_steps=2", "per_device_train_batch_size=2",
-        "report_to=none", "save_steps=100"]))
-    assert trainer.state.global_step == 2 and (base / "model.safetensors").exists()
 
-    run_eval(load_config("recipes/eval/tiny_omni.yaml", [
-        f"model_name_or_path={base}", f"eval.manifest={combined}", "eval.split=test", f"output_dir={tmp_path / 'eval'}",
-        "eval.scorers=[omnimem,recency]", "eval.budgets=[64]", "eval.budget_fractions=[]",
-        "media.max_pixels=78400", "memory.group_size=128"]))
-    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+def test_generate_train_evaluate_then_reuse(tmp_path):
+    out = io.StringIO()
+    summary = run_pipeline(_cfg(tmp_path), out=out)
+    assert "base model: training" in out.getvalue()
+    assert (tmp_path / "testbed" / "manifest.jsonl").exists() and (tmp_path / "base" / "model.safetensors").exists()
     cells = {(c["scorer"], c.get("modality")) for c in summary["cells"]}
-    assert ("full", None) in cells or any(c[0] == "full" for c in cells)
+    assert any(s == "full" for s, _ in cells)
     assert {("omnimem", "aware"), ("omnimem", "blind"), ("recency", "aware"), ("recency", "blind")} <= cells
     assert all(c["n"] == 4 for c in summary["cells"])
     assert (tmp_path / "eval" / "accuracy_vs_budget.png").stat().st_size > 1000
+    record = json.loads((tmp_path / "eval" / "pipeline.json").read_text())
+    assert "full" in out.getvalue() and "plot:" in out.getvalue()
+
+    # step 4: budget-aware LoRA on the base, exported (merged + verified), evaluated at its budget
+    assert (tmp_path / "tuned" / "adapter_model.safetensors").exists()
+    export = json.loads((tmp_path / "tuned" / "merged" / "omnimem_export.json").read_text())
+    assert export["method"] == "lora-merge"
+    memory = json.loads((tmp_path / "tuned" / "merged" / "omnimem_memory.json").read_text())
+    assert (memory["scorer"], memory["compression_ratio"]) == ("omnimem", 0.9375)
+    tuned = summary["tuned"]["cells"]
+    assert [(c["scorer"], c["budget_fraction"], c["modality"]) for c in tuned if c["scorer"] != "full"] == [
+        ("omnimem", 0.0625, "aware")]
+    assert "training-free" in out.getvalue() and "tuned (exported)" in out.getvalue()
+    assert set(record["times"]) == {"testbed_s", "train_s", "eval_s", "tune_s", "total_s"}
+
+    weights = (tmp_path / "base" / "model.safetensors").stat().st_mtime_ns
+    out2 = io.StringIO()
+    again = run_pipeline(_cfg(tmp_path), out=out2)
+    assert "base model: reusing" in out2.getvalue() and "LoRA: reusing" in out2.getvalue()
+    assert (tmp_path / "base" / "model.safetensors").stat().st_mtime_ns == weights
+    assert [c["accuracy"] for c in again["cells"]] == [c["accuracy"] for c in summary["cells"]]
+
+
+def test_changed_training_config_trains_again(tmp_path):
+    from omnimem_train.pipeline import finished_training
+
+    train_cfg, _ = stage_configs(_cfg(tmp_path))
+    assert not finished_training(train_cfg)  # nothing there yet
+    (tmp_path / "base").mkdir()
+    from omnimem_train.config.load import save_config
+
+    save_config(train_cfg, tmp_path / "base")
+    (tmp_path / "base" / "model.safetensors").write_bytes(b"x")
+    assert finished_training(train_cfg)
+    changed, _ = stage_configs(_cfg(tmp_path, "train.overrides=[output_dir=" + str(tmp_path / "base") + ",max_steps=3]"))
+    assert not finished_training(changed)
+
+
+def test_stages_are_wired_to_the_generated_manifest(tmp_path):
+    pcfg = _cfg(tmp_path)
+    train_cfg, eval_cfg = stage_configs(pcfg)
+    manifest = str(tmp_path / "testbed" / "manifest.jsonl")
+    assert train_cfg.dataset == manifest and eval_cfg.eval.manifest == manifest
+    assert eval_cfg.model_name_or_path == train_cfg.output_dir == str(tmp_path / "base")
+    assert train_cfg.generation.answer_format == eval_cfg.generation.answer_format == "option"
+    tune_cfg, tuned_eval = tune_configs(pcfg, train_cfg, eval_cfg)
+    assert tune_cfg.model_name_or_path == train_cfg.output_dir and tune_cfg.dataset == manifest
+    assert tuned_eval.model_name_or_path == str(tmp_path / "tuned" / "merged")
+    assert tuned_eval.output_dir == str(tmp_path / "eval" / "tuned")
+    assert tune_cfg.generation.answer_format == tuned_eval.generation.answer_format == "option"
+
+
+def test_bad_pipeline_input_is_one_line(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="train.recipe"):
+        stage_configs(load_config(None, ["eval.recipe=recipes/eval/testbed.yaml"], schema=PipelineConfig))
+    assert main(["pipeline", "recipes/testbed/pipeline_small.yaml", "testbed.trian=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "trian" in err[0]

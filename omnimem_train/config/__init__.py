@@ -1,6 +1,14 @@
 """Typed config: dataclasses in `schema`, merged defaults -> recipe YAML -> key=value in `load`."""
 
-from omnimem_train.config.load import CONFIG_FILENAME, config_keys, config_to_dict, load_config, save_config
+from omnimem_train.config.load import (
+    CONFIG_FILENAME,
+    MODEL_MEMORY_FILE,
+    config_keys,
+    config_to_dict,
+    load_config,
+    load_serving_config,
+    save_config,
+)
 from omnimem_train.config.schema import (
     ATTN_IMPLEMENTATIONS,
     AUDIO_MODES,
@@ -17,6 +25,7 @@ __all__ = [
     "AUDIO_MODES",
     "CONFIG_FILENAME",
     "DTYPES",
+    "MODEL_MEMORY_FILE",
     "Config",
     "FieldValueError",
     "GenerationConfig",
@@ -25,5 +34,6 @@ __all__ = [
     "config_keys",
     "config_to_dict",
     "load_config",
+    "load_serving_config",
     "save_config",
 ]

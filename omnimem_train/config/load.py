@@ -10,6 +10,10 @@ The same merge from the command line:
 
     omnimem-train infer recipes/infer/tiny_omni.yaml memory.budget=512 device=cpu
 
+Serving a trained or exported model (`infer`, `eval`, `StreamSession.from_pretrained`) uses
+`load_serving_config`, which also reads the memory settings saved next to the model
+(`<model dir>/omnimem_memory.json`): defaults < the model's memory settings < recipe < key=value.
+
 Every problem with the input raises `ConfigError` with a one-line message that names where the
 value came from (the recipe file or the override) and the dotted key, e.g.
 `recipes/x.yaml: unknown key 'memory.scorr' (did you mean 'memory.scorer'?)` or
@@ -19,9 +23,10 @@ value came from (the recipe file or the override) and the dotted key, e.g.
 import dataclasses
 import difflib
 import io
+import json
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +34,15 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
-from omnimem_train.config.schema import Config, FieldValueError
+from omnimem_train.config.schema import Config, FieldValueError, MemoryConfig
 from omnimem_train.errors import ConfigError
 from omnimem_train.utils.atomic import atomic_write_text
 
 CONFIG_FILENAME = "config.yaml"
 _SAVED_HEADER = "# Fully resolved config saved by omnimem-train; reuse it as a recipe to repeat the run.\n"
+
+MODEL_MEMORY_FILE = "omnimem_memory.json"  # written by train/trainer.py `memory_settings`, copied by export
+_BUDGET_KEYS = ("budget", "compression_ratio", "budget_file")  # one budget mode: set together or not at all
 
 # (where the values came from, the dotted keys they set), in merge order
 _Layer = tuple[str, set[str]]
@@ -47,24 +55,36 @@ def load_config(
 ) -> Any:
     """Merge `schema`'s defaults, the `recipe` YAML (if any) and `overrides` (`"memory.budget=512"`),
     validate, and return a `schema` instance. Raises `ConfigError` (one line) on bad input."""
-    if isinstance(overrides, str):
-        raise TypeError("overrides must be a sequence of 'key=value' strings, not one string")
-    if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)):
-        raise TypeError(f"schema must be a dataclass type, got {schema!r}")
+    _check_args(overrides, schema)
+    return _build(schema, _user_layers(recipe, overrides, schema))[0]
 
-    cfg = OmegaConf.structured(schema)
-    layers: list[_Layer] = []
-    if recipe is not None:
-        source = str(recipe)
-        data = _read_recipe(Path(recipe), source)
-        cfg = _merge(cfg, data, schema, source)
-        layers.append((source, _dotted_keys(data)))
-    for item in overrides:
-        source = f"override {item!r}"
-        data = _parse_override(item, source, schema)
-        cfg = _merge(cfg, data, schema, source)
-        layers.append((source, _dotted_keys(data)))
-    return _to_object(cfg, "", layers, schema)
+
+def load_serving_config(
+    recipe: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    schema: type = Config,
+    settings: Mapping[str, Any] | None = None,
+) -> tuple[Any, str | None]:
+    """`load_config` for serving a model: the memory settings saved next to it are merged right
+    after the schema defaults. Precedence: defaults < `<model dir>/omnimem_memory.json` < `recipe`
+    < `settings` (a nested mapping, as a recipe would hold it) < `overrides`.
+
+    The model is `model_name_or_path` as the recipe/settings/overrides resolve it; built-ins and
+    hub ids have no such file. A relative `budget_file` in the file is resolved against the model
+    directory. A higher layer that sets any of budget / compression_ratio / budget_file replaces the
+    model's budget as a whole (they are one setting in three forms). A model trained without
+    compression (`"compression": "none"`) contributes nothing: its memory settings never shaped
+    the weights, so the recipe's (by default full memory) apply.
+
+    Returns (config, note): note is one line saying which memory settings came from the model
+    (None when the model has no settings file).
+    """
+    _check_args(overrides, schema)
+    cfg, layers = _build(schema, _user_layers(recipe, overrides, schema, settings))
+    model_layer, note = _model_memory_layer(cfg.model_name_or_path, layers)
+    if model_layer is None:
+        return cfg, note
+    return _build(schema, [model_layer, *layers])[0], note
 
 
 def save_config(cfg: Any, run_dir: str | Path) -> Path:
@@ -86,6 +106,88 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 def config_keys(schema: type = Config) -> dict[str, str]:
     """Every settable dotted key of `schema` (leaves only) mapped to its help text."""
     return {path: help_ for path, help_, is_section in _walk_schema(schema, "") if not is_section}
+
+
+# ---------------------------------------------------------------------------------------------
+# layers: (source, data) in merge order
+
+
+def _check_args(overrides: Sequence[str], schema: type) -> None:
+    if isinstance(overrides, str):
+        raise TypeError("overrides must be a sequence of 'key=value' strings, not one string")
+    if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)):
+        raise TypeError(f"schema must be a dataclass type, got {schema!r}")
+
+
+def _user_layers(recipe, overrides: Sequence[str], schema: type,
+                 settings: Mapping[str, Any] | None = None) -> Iterable[tuple[str, dict[str, Any]]]:
+    """Lazily, so a recipe's problems are reported before a later override is even parsed."""
+    if recipe is not None:
+        yield str(recipe), _read_recipe(Path(recipe), str(recipe))
+    if settings:
+        yield "settings", dict(settings)
+    for item in overrides:
+        source = f"override {item!r}"
+        yield source, _parse_override(item, source, schema)
+
+
+def _build(schema: type, layers: Iterable[tuple[str, dict[str, Any]]]) -> tuple[Any, list[tuple[str, dict]]]:
+    """Merge `layers` over `schema`'s defaults and validate -> (instance, the layers as merged)."""
+    cfg = OmegaConf.structured(schema)
+    merged: list[tuple[str, dict[str, Any]]] = []
+    for source, data in layers:
+        cfg = _merge(cfg, data, schema, source)
+        merged.append((source, data))
+    keys = [(source, _dotted_keys(data)) for source, data in merged]
+    return _to_object(cfg, "", keys, schema), merged
+
+
+def _model_memory_layer(model: str, above: list[tuple[str, dict]]) -> tuple[tuple[str, dict] | None, str | None]:
+    """The `memory:` layer from `<model>/omnimem_memory.json` (None if absent or compression none)
+    and the note saying what it contributes."""
+    path = Path(model).expanduser() / MODEL_MEMORY_FILE
+    if model.startswith("builtin:") or not path.is_file():
+        return None, None
+    memory = _read_model_memory(path)
+    if memory is None:
+        return None, (f"{path}: the model was trained without compression (compression: none); "
+                      "no memory settings taken from it")
+    set_above = set().union(*(_dotted_keys(data) for _, data in above))
+    if any(f"memory.{k}" in set_above for k in _BUDGET_KEYS):
+        memory = {k: v for k, v in memory.items() if k not in _BUDGET_KEYS}
+    taken = {k: v for k, v in memory.items() if f"memory.{k}" not in set_above}
+    _check_budget_file(path, taken.get("budget_file"))
+    defaults = dataclasses.asdict(MemoryConfig())
+    shown = [f"{k}={v}" for k, v in taken.items() if k not in defaults or defaults[k] != v]
+    note = (f"memory settings from {path}: {', '.join(shown) or 'none differ from the defaults'} "
+            "(a recipe or key=value overrides them)")
+    return (str(path), {"memory": memory}), note
+
+
+def _read_model_memory(path: Path) -> dict[str, Any] | None:
+    """The file's MemoryConfig fields (budget_file resolved), or None for a compression-none model."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({_first_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object of memory settings, got {type(data).__name__}")
+    memory = dict(data)
+    compression = memory.pop("compression", "streaming")  # a hand-written file may leave it out
+    if compression not in ("streaming", "none"):
+        raise ConfigError(f"{path}: key 'compression': expected streaming | none, got {compression!r}")
+    if compression == "none":
+        return None
+    budget_file = memory.get("budget_file")
+    if isinstance(budget_file, str) and budget_file and not Path(budget_file).is_absolute():
+        memory["budget_file"] = str(path.parent / budget_file)  # export writes it next to the weights
+    return memory
+
+
+def _check_budget_file(path: Path, budget_file: Any) -> None:
+    if isinstance(budget_file, str) and not Path(budget_file).is_file():
+        raise ConfigError(f"{path}: key 'budget_file': {budget_file} not found (a relative path is "
+                          "resolved against the model directory)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from omnimem_train.models.prompt import ANSWER_FORMATS
+
 DTYPES = ("float32", "bfloat16", "float16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 AUDIO_MODES = ("auto", "required", "off")
@@ -164,9 +166,15 @@ class GenerationConfig:
         default="You are a helpful assistant that watches and listens to videos.",
         metadata={"help": "system message placed before the stream"},
     )
+    answer_format: str = field(
+        default="letter",
+        metadata={"help": "multiple-choice answers as 'letter' (\"B. green\") or 'option' (\"green\"): "
+                          "the training target and what inference scores"},
+    )
 
     def __post_init__(self) -> None:
         _int(self, "max_new_tokens", ge=1)
+        _choice(self, "answer_format", ANSWER_FORMATS)
         _require(isinstance(self.system_prompt, str), "system_prompt", self.system_prompt, "a string")
 
 
@@ -315,6 +323,10 @@ class Config:
                           "anchored to the language-model layers, never the audio/vision towers"},
     )
     train_encoders: bool = field(default=False, metadata={"help": "also train audio/vision towers (full fine-tuning)"})
+    cache_encoder_outputs: bool = field(
+        default=False,
+        metadata={"help": "keep each clip's frozen-encoder outputs in RAM across epochs (needs train_encoders: false)"},
+    )
     deepspeed: str | None = field(default=None, metadata={"help": "zero2 | zero3 | path to a DeepSpeed JSON"})
     per_device_train_batch_size: int = field(default=1, metadata={"help": "samples per device per step"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "steps accumulated per update"})
@@ -365,3 +377,7 @@ class Config:
         _int(self, "save_total_limit", ge=1, optional=True)
         _choice(self, "report_to", ("wandb", "none"))
         _int(self, "dataloader_num_workers", ge=0)
+        _bool(self, "cache_encoder_outputs")
+        _require(not (self.cache_encoder_outputs and self.train_encoders), "cache_encoder_outputs",
+                 self.cache_encoder_outputs, "false while train_encoders is true (trained encoders change)",
+                 related=("train_encoders",))

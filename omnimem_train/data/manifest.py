@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omnimem_train.errors import ConfigError
-from omnimem_train.models.prompt import LETTERS
+from omnimem_train.models.prompt import LETTERS, option_text
 from omnimem_train.utils.atomic import atomic_write_text
 
 SPLITS = ("train", "val", "test")
@@ -79,13 +79,13 @@ class Sample:
         """Index of the right option (multiple choice), else None."""
         return LETTERS.index(self.answer) if self.options else None
 
-    def answer_text(self) -> str:
-        """The target string: "B. green" for multiple choice (as `streaming.infer` scores the
-        options: f"{LETTERS[i]}. {option}"), else the free-text answer."""
+    def answer_text(self, answer_format: str = "letter") -> str:
+        """The target string: for multiple choice the right option as `streaming.infer` scores it
+        (`prompt.option_text`: "B. green", or "green" with answer_format "option"), else the
+        free-text answer."""
         if not self.options:
             return self.answer
-        i = LETTERS.index(self.answer)
-        return f"{LETTERS[i]}. {self.options[i]}"
+        return option_text(self.options, LETTERS.index(self.answer), answer_format)
 
     def to_dict(self) -> dict:
         """The JSON object of this sample (paths as stored), known fields first, then `extra`."""

@@ -220,7 +220,8 @@ def run_cell(adapter, cfg, cell: Cell, samples: list, err: TextIO = sys.stderr) 
             engine = StreamingEngine(adapter, policy, ccfg.memory.group_size, ccfg.memory.group_seconds)
             with torch.no_grad():
                 result = answer_question(engine, media, s.question, s.options, cfg.generation.system_prompt,
-                                         cfg.generation.max_new_tokens)
+                                         cfg.generation.max_new_tokens,
+                                         answer_format=cfg.generation.answer_format)
         except MediaError as e:
             raise MediaError(f"sample {s.id!r}: {e}") from e
         seconds = time.perf_counter() - t0
@@ -248,12 +249,20 @@ def format_table(rows: list[dict]) -> str:
     head = f"{'scorer':<12} {'budget':>8} {'memory':<6} {'accuracy [95% CI]':<22} {'n':>5} {'KV MiB':>9} {'samples/s':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        budget = "-" if r["scorer"] == "full" else (
-            str(r["budget"]) if r.get("budget") is not None else f"{r['budget_fraction']:g}x")
-        acc = f"{r['accuracy']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
-        lines.append(f"{r['scorer']:<12} {budget:>8} {r.get('modality') or '-':<6} {acc:<22} {r['n']:>5} "
-                     f"{_fmt_bytes(r['kv_bytes_mean']):>9} {r['samples_per_s']:>9.2f}")
+        lines.append(f"{r['scorer']:<12} {budget_str(r):>8} {r.get('modality') or '-':<6} {accuracy_str(r):<22} "
+                     f"{r['n']:>5} {_fmt_bytes(r['kv_bytes_mean']):>9} {r['samples_per_s']:>9.2f}")
     return "\n".join(lines)
+
+
+def budget_str(row: dict) -> str:
+    """A summary row's budget: "-" (full), "64" (absolute) or "0.0625x" (a fraction of the stream)."""
+    if row["scorer"] == "full":
+        return "-"
+    return str(row["budget"]) if row.get("budget") is not None else f"{row['budget_fraction']:g}x"
+
+
+def accuracy_str(row: dict) -> str:
+    return f"{row['accuracy']:.3f} [{row['ci'][0]:.3f}, {row['ci'][1]:.3f}]"
 
 
 def run_eval(cfg, out: TextIO | None = None, err: TextIO | None = None) -> dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import torch
+
 from omnimem_train.memory.layer_memory import LayerMemory
 from omnimem_train.models.base import Modality
 
@@ -56,6 +58,13 @@ def memory_report(layers: list[LayerMemory], tokens_seen: int) -> MemoryReport:
         ],
         tokens_seen,
     )
+
+
+def full_context_report(modality: torch.Tensor, n_layers: int, kv_bytes_per_token: int) -> MemoryReport:
+    """What a full-context (uncompressed) forward holds: every token (modality: (N,)) in every layer."""
+    counts = [int((modality == int(m)).sum()) for m in (Modality.TEXT, Modality.VISUAL, Modality.AUDIO)]
+    layer = LayerReport(*counts, kv_bytes=len(modality) * kv_bytes_per_token, extra_bytes=0)
+    return MemoryReport([layer] * n_layers, counts[1] + counts[2])
 
 
 def _mib(n: int) -> str:

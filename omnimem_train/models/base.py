@@ -94,7 +94,8 @@ class ModelAdapter(ABC):
     """One model family behind the interface the streaming engine drives.
 
     Subclasses set `model` (the causal-LM module), `tokenizer`, `decoder_layers`, `final_norm`,
-    `lm_head`, `rotary_emb` and `position_dims` (3 for TMRoPE, 1 for plain RoPE).
+    `lm_head`, `rotary_emb`, `backbone` (the decoder stack as one HF module: embeds -> final-normed
+    hidden states) and `position_dims` (3 for TMRoPE, 1 for plain RoPE).
     """
 
     model: nn.Module
@@ -103,6 +104,7 @@ class ModelAdapter(ABC):
     final_norm: nn.Module
     lm_head: nn.Module
     rotary_emb: nn.Module
+    backbone: nn.Module
     position_dims: int
     name: str = "model"
 
@@ -122,6 +124,14 @@ class ModelAdapter(ABC):
             None,
             ids,
         )
+
+    def reembed(self, piece: StreamPiece) -> StreamPiece:
+        """A text-only piece with embeddings freshly looked up from its ids (so they carry gradient
+        to a trainable embedding table); any other piece unchanged."""
+        if piece.token_ids is None or not bool((piece.modality == int(Modality.TEXT)).all()):
+            return piece
+        return StreamPiece(self.embed_ids(piece.token_ids), piece.modality, piece.positions, piece.end_s,
+                           piece.token_ids)
 
     # --- the stream -------------------------------------------------------------------------
     @abstractmethod
@@ -156,6 +166,13 @@ class ModelAdapter(ABC):
         half = q.shape[-1] // 2
         rotated = torch.cat([-q[..., half:], q[..., :half]], dim=-1)
         return (q * cos + rotated * sin)[0]
+
+    def decoder_hidden(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One batched full-context pass: (B, L, D) embeds, (P, B, L) positions, (B, L) padding mask
+        (1 = token) -> (B, L, D) final-normed hidden states (causal, no cache)."""
+        pos = positions if self.position_dims == 3 else positions[0]
+        out = self.backbone(inputs_embeds=embeds, position_ids=pos, attention_mask=mask, use_cache=False)
+        return out.last_hidden_state
 
     @property
     def device(self) -> torch.device:

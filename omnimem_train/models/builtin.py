@@ -37,7 +37,13 @@ _CORPUS = [
 ] * 4
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-BUILTINS = ("tiny-omni", "tiny-llama", "smollm2-135m")
+BUILTINS = ("tiny-omni", "testbed-omni", "tiny-llama", "smollm2-135m")
+# The testbed base model (recipes/testbed/): a wider LLM than tiny-omni, and audio convs drawn at a
+# larger std so that a *frozen* random audio tower still separates the testbed's tones (at the
+# default 0.02 a 1-s tone moves the tower's output by ~1% of its norm, at 0.1 by ~25%).
+TESTBED_TEXT = dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2,
+                    mrope_section=[4, 6, 6])
+TESTBED_AUDIO_CONV_STD = 0.1
 
 
 def builtin_home() -> Path:
@@ -92,19 +98,21 @@ def build_tokenizer():
     return hf
 
 
-def tiny_omni_config(tok, num_layers: int = 4):
+def tiny_omni_config(tok, num_layers: int = 4, hidden_size: int = 64, intermediate_size: int = 128,
+                     num_attention_heads: int = 4, num_key_value_heads: int = 2, mrope_section=(2, 3, 3)):
     from transformers import Qwen2_5OmniThinkerConfig
 
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     return Qwen2_5OmniThinkerConfig(
         text_config=dict(
-            vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1 << 20,
-            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+            vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=intermediate_size,
+            num_hidden_layers=num_layers, num_attention_heads=num_attention_heads,
+            num_key_value_heads=num_key_value_heads, max_position_embeddings=1 << 20,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": list(mrope_section)},
         ),
         audio_config=dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
-                          d_model=32, output_dim=64, n_window=100),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                          d_model=32, output_dim=hidden_size, n_window=100),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden_size,
                            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
                            fullatt_block_indexes=[1]),
         audio_token_index=ids["<|AUDIO|>"], image_token_index=ids["<|IMAGE|>"], video_token_index=ids["<|VIDEO|>"],
@@ -133,6 +141,12 @@ def build_tiny_model(name: str, tok=None, num_layers: int = 4, seed: int = 0):
     torch.manual_seed(seed)
     if name == "tiny-omni":
         model = Qwen2_5OmniThinkerForConditionalGeneration(tiny_omni_config(tok, num_layers))
+    elif name == "testbed-omni":
+        model = Qwen2_5OmniThinkerForConditionalGeneration(tiny_omni_config(tok, num_layers, **TESTBED_TEXT))
+        tower = model.model.audio_tower
+        for conv in (tower.conv1, tower.conv2):
+            torch.nn.init.normal_(conv.weight, std=TESTBED_AUDIO_CONV_STD)
+            torch.nn.init.zeros_(conv.bias)
     elif name == "tiny-llama":
         model = LlamaForCausalLM(tiny_llama_config(tok, num_layers))
     else:

@@ -1,8 +1,11 @@
-"""Load a model directory (or a built-in) into the right adapter.
+"""Load a model directory (or a built-in) into the right adapter, safely.
 
-The directory's `config.json` is read and checked before any weight is touched; tokenizer and
-processor settings come from the same directory with `local_files_only=True` (no hub access).
-`trust_remote_code` stays off unless the caller passes it.
+Before any weight is touched the directory's `config.json` is checked (a JSON object, a known
+`model_type`, and the sub-configs and sizes the model needs: a missing one would silently become a
+7B-sized default), and its weights must be safetensors: pickled `pytorch_model.bin` files are
+refused (unpickling can run code), with the command that converts them. The built-in SmolLM2's GGUF
+file is allowed (not a pickle). Tokenizer and processor settings come from the same directory with
+`local_files_only=True` (no hub access). `trust_remote_code` stays off unless the caller passes it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,16 @@ OMNI_TYPES = ("qwen2_5_omni_thinker", "qwen2_5_omni")
 TEXT_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3", "olmo2")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# What config.json must hold per model type: sub-configs (dotted paths) and size keys in the text config.
+_OMNI_SUBCONFIGS = {
+    "qwen2_5_omni_thinker": ("text_config", "audio_config", "vision_config"),
+    "qwen2_5_omni": ("thinker_config", "thinker_config.text_config", "thinker_config.audio_config",
+                     "thinker_config.vision_config"),
+}
+_TEXT_CONFIG = {"qwen2_5_omni_thinker": "text_config", "qwen2_5_omni": "thinker_config.text_config"}
+_SIZE_KEYS = ("hidden_size", "num_hidden_layers")  # in the LLM's config (the top level for text LMs)
+_LOADER_CLASS = {"qwen2_5_omni_thinker": "Qwen2_5OmniThinkerForConditionalGeneration",
+                 "qwen2_5_omni": "Qwen2_5OmniForConditionalGeneration"}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -41,21 +54,19 @@ def load_adapter(model_name_or_path: str, dtype: str = "float32", device: str = 
     else:
         path = _local_dir(model_name_or_path)
     source = str(path)
-    model_type = "llama" if gguf else _read_model_type(path)
+    model_type = "llama" if gguf else _read_model_type(path, trust_remote_code)
     kw = dict(dtype=DTYPES[dtype], attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+    if not gguf:
+        _check_weights(path, model_type)
+        kw["use_safetensors"] = True  # never fall back to a pickle, whatever else the folder holds
     dev = resolve_device(device)
     try:
         if model_type in OMNI_TYPES:
             adapter = _load_omni(source, model_type, kw)
         elif gguf:
             adapter = _load_text(source, dict(kw, gguf_file=gguf), name=model_name_or_path)
-        elif model_type in TEXT_TYPES or trust_remote_code:
+        else:  # a known text LM, or (trust_remote_code) whatever the folder's own code defines
             adapter = _load_text(source, kw, name=model_name_or_path)
-        else:
-            raise ModelError(
-                f"{path / 'config.json'}: model_type {model_type!r} is not supported; "
-                f"supported: {', '.join(OMNI_TYPES + TEXT_TYPES)}"
-            )
     except ModelError:
         raise
     except (OSError, ValueError, KeyError) as e:
@@ -86,15 +97,56 @@ def _local_dir(name: str) -> Path:
     return path
 
 
-def _read_model_type(path: Path) -> str:
+def _read_model_type(path: Path, trust_remote_code: bool = False) -> str:
+    """The checked `model_type` of `path/config.json` (read before any weight file)."""
     cfg_file = path / "config.json"
     try:
-        cfg = json.loads(cfg_file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelError(f"{cfg_file}: unreadable config ({_first_line(e)})") from e
     if not isinstance(cfg, dict) or "model_type" not in cfg:
         raise ModelError(f"{cfg_file}: no 'model_type' field")
-    return cfg["model_type"]
+    model_type = cfg["model_type"]
+    if model_type not in OMNI_TYPES + TEXT_TYPES:
+        if trust_remote_code and isinstance(model_type, str):
+            return model_type  # the folder's own code defines it
+        raise ModelError(f"{cfg_file}: model_type {model_type!r} is not supported; "
+                         f"supported: {', '.join(OMNI_TYPES + TEXT_TYPES)}")
+    for sub in _OMNI_SUBCONFIGS.get(model_type, ()):
+        if not isinstance(_at(cfg, sub), dict):
+            raise ModelError(f"{cfg_file}: missing sub-config '{sub}' required by model_type {model_type!r}")
+    text_at = _TEXT_CONFIG.get(model_type, "")
+    missing = [k for k in _SIZE_KEYS if k not in _at(cfg, text_at)]
+    if missing:
+        where = f"'{text_at}'" if text_at else "the top level"
+        raise ModelError(f"{cfg_file}: missing {', '.join(repr(k) for k in missing)} in {where}")
+    return model_type
+
+
+def _at(cfg: dict, dotted: str):
+    """cfg at a dotted path ('' = cfg itself); None where a level is missing or not a mapping."""
+    node = cfg
+    for part in filter(None, dotted.split(".")):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _check_weights(path: Path, model_type: str) -> None:
+    """Refuse folders whose weights are pickles only (no file is opened: names only)."""
+    names = sorted(p.name for p in path.iterdir())
+    if any(n == "model.safetensors.index.json" or (n.startswith("model") and n.endswith(".safetensors"))
+           for n in names):
+        return
+    pickled = [n for n in names if n.startswith("pytorch_model") and n.endswith((".bin", ".bin.index.json"))]
+    if not pickled:
+        raise ModelError(f"{path}: no model weights (model.safetensors or model-*-of-*.safetensors) in this folder")
+    cls = _LOADER_CLASS.get(model_type, "AutoModelForCausalLM")
+    raise ModelError(
+        f"{path}: only pickled weights ({', '.join(pickled)}), which are refused because unpickling can run "
+        f"code; convert them once where you trust the file: python -c \"from transformers import {cls}; "
+        f"{cls}.from_pretrained('{path}', use_safetensors=False).save_pretrained('{path}')\" "
+        "(writes model.safetensors)"
+    )
 
 
 def _load_omni(source: str, model_type: str, kw: dict) -> ModelAdapter:

@@ -9,14 +9,24 @@ from __future__ import annotations
 
 _SENTINEL = "\u2063OMNIMEM_MEDIA\u2063"
 LETTERS = "ABCDEFGHIJ"
+# How a multiple-choice answer is written (training target) and scored (inference):
+#   letter: "B. green" -- the letter first, as VideoMME-style prompts ask;
+#   option: "green"    -- the option's own text, scored by likelihood as lm-eval-harness does.
+ANSWER_FORMATS = ("letter", "option")
+_INSTRUCTIONS = {"letter": "Answer with the option's letter.", "option": "Answer with the option."}
 
 
-def format_question(question: str, options: list[str] | None = None) -> str:
-    """The question text; with options, one lettered line each and an instruction to answer with a letter."""
+def format_question(question: str, options: list[str] | None = None, answer_format: str = "letter") -> str:
+    """The question text; with options, one lettered line each and the instruction for `answer_format`."""
     if not options:
         return question
-    lines = [question] + [f"{LETTERS[i]}. {opt}" for i, opt in enumerate(options)]
-    return "\n".join(lines) + "\nAnswer with the option's letter."
+    lines = [question] + [option_text(options, i, "letter") for i in range(len(options))]
+    return "\n".join(lines) + "\n" + _INSTRUCTIONS[answer_format]
+
+
+def option_text(options: list[str], i: int, answer_format: str = "letter") -> str:
+    """Option `i` written as an answer: "B. green" (letter) or "green" (option)."""
+    return f"{LETTERS[i]}. {options[i]}" if answer_format == "letter" else options[i]
 
 
 def split_chat_prompt(tokenizer, system: str, question: str) -> tuple[list[int], list[int]]:

@@ -59,6 +59,7 @@ class Qwen2_5OmniAdapter(ModelAdapter):
         self.embed_tokens = lm.embed_tokens
         self.decoder_layers, self.final_norm, self.rotary_emb = lm.layers, lm.norm, lm.rotary_emb
         self.lm_head = thinker.lm_head
+        self.backbone = lm
         vc = cfg.vision_config
         self.patch, self.tps, self.merge = vc.patch_size, vc.temporal_patch_size, vc.spatial_merge_size
         self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)

@@ -28,6 +28,7 @@ class TextLMAdapter(ModelAdapter):
         self.embed_tokens = inner.embed_tokens
         self.decoder_layers, self.final_norm, self.rotary_emb = inner.layers, inner.norm, inner.rotary_emb
         self.lm_head = model.lm_head
+        self.backbone = inner
 
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         return self.embed_tokens(ids.to(self.device))

@@ -6,7 +6,7 @@ memory is shorter than the stream, so a position derived from the cache length w
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -17,18 +17,28 @@ from omnimem_train.streaming.engine import StreamingEngine, StreamState
 def generate(engine: StreamingEngine, state: StreamState, question_ids: list[int], max_new_tokens: int,
              eos_ids: list[int], on_token: Callable[[int], None] | None = None) -> list[int]:
     """Greedy decoding. The question and the generated tokens are committed to `state`."""
-    ad = engine.adapter
-    logits = engine.forward(state, ad.text_piece(question_ids, state.next_pos), want_logits="last")
     out: list[int] = []
-    for _ in range(max_new_tokens):
-        tok = int(logits.argmax())
-        if tok in eos_ids:
-            break
+    for tok in iter_generate(engine, state, question_ids, max_new_tokens, eos_ids):
         out.append(tok)
         if on_token is not None:
             on_token(tok)
-        logits = engine.forward(state, ad.text_piece([tok], state.next_pos), want_logits="last")
     return out
+
+
+@torch.no_grad()
+def iter_generate(engine: StreamingEngine, state: StreamState, question_ids: list[int], max_new_tokens: int,
+                  eos_ids: list[int]) -> Iterator[int]:
+    """`generate` as a lazy iterator: each greedy token id as soon as it is chosen (the next
+    token's forward runs only when the consumer asks for it)."""
+    ad = engine.adapter
+    logits = engine.forward(state, ad.text_piece(question_ids, state.next_pos), want_logits="last")
+    for step in range(max_new_tokens):
+        tok = int(logits.argmax())
+        if tok in eos_ids:
+            return
+        yield tok
+        if step + 1 < max_new_tokens:  # the last token needs no forward of its own
+            logits = engine.forward(state, ad.text_piece([tok], state.next_pos), want_logits="last")
 
 
 @torch.no_grad()

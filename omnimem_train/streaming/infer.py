@@ -10,7 +10,7 @@ import torch
 
 from omnimem_train.memory.report import MemoryReport
 from omnimem_train.models.base import MediaInput
-from omnimem_train.models.prompt import LETTERS, format_question, split_chat_prompt
+from omnimem_train.models.prompt import LETTERS, format_question, option_text, split_chat_prompt
 from omnimem_train.streaming.answer import generate, score_options
 from omnimem_train.streaming.engine import StreamingEngine, StreamState
 
@@ -32,18 +32,20 @@ class InferResult:
 def answer_question(engine: StreamingEngine, media: MediaInput, question: str, options: list[str] | None = None,
                     system_prompt: str = "", max_new_tokens: int = 32,
                     on_group: Callable[[StreamState, int], None] | None = None,
-                    on_text: Callable[[str], None] | None = None) -> InferResult:
+                    on_text: Callable[[str], None] | None = None, answer_format: str = "letter") -> InferResult:
     """Stream `media`, then answer. With `options`, each option's text is scored by log-likelihood
-    and the best letter is the answer; otherwise greedy decoding, streamed through `on_text`."""
+    and the best letter is the answer; otherwise greedy decoding, streamed through `on_text`.
+    `answer_format` ("letter" or "option", `prompt.ANSWER_FORMATS`) must match the training target."""
     ad = engine.adapter
-    prefix, q_ids = split_chat_prompt(ad.tokenizer, system_prompt, format_question(question, options))
+    prefix, q_ids = split_chat_prompt(ad.tokenizer, system_prompt, format_question(question, options, answer_format))
     engine.policy.expect(media.expected_tokens)
     t0 = time.perf_counter()
     state, _ = engine.prefill(ad.stream(media, prefix), on_group=on_group)
     seconds = time.perf_counter() - t0
     report = state.report()
     if options:
-        opts = [ad.tokenizer(f"{LETTERS[i]}. {o}", add_special_tokens=False)["input_ids"] for i, o in enumerate(options)]
+        opts = [ad.tokenizer(option_text(options, i, answer_format), add_special_tokens=False)["input_ids"]
+                for i in range(len(options))]
         scores = score_options(engine, state, q_ids, opts)
         best = max(range(len(options)), key=scores.__getitem__)
         return InferResult(f"{LETTERS[best]}. {options[best]}", report, seconds, scores, LETTERS[best])

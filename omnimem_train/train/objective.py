@@ -16,12 +16,14 @@ import torch
 from torch import nn
 
 from omnimem_train.config.schema import MediaConfig
-from omnimem_train.memory.report import MemoryReport
+from omnimem_train.memory.report import MemoryReport, full_context_report
 from omnimem_train.models.base import ModelAdapter, StreamPiece
 from omnimem_train.models.prompt import format_question, split_chat_prompt
 from omnimem_train.streaming.answer import answer_loss
 from omnimem_train.streaming.engine import StreamingEngine
 from omnimem_train.streaming.inputs import media_input
+from omnimem_train.train.encoder_cache import EncoderCache
+from omnimem_train.train.full_context import Sequence, full_context_loss
 
 
 @dataclass
@@ -36,30 +38,50 @@ class Example:
     context: str | None = None  # text-proxy file for text-only LMs
 
 
-def _detached(pieces: Iterable[StreamPiece]) -> Iterator[StreamPiece]:
-    """Run the adapter's encoders without autograd (frozen encoders: their outputs are constants)."""
+def _detached(pieces: Iterable[StreamPiece], adapter: ModelAdapter) -> Iterator[StreamPiece]:
+    """Run the adapter's encoders without autograd (frozen encoders: their outputs are constants);
+    text pieces are re-embedded with autograd, since the embedding table may train."""
     it = iter(pieces)
     while True:
         with torch.no_grad():
             piece = next(it, None)
         if piece is None:
             return
-        yield piece
+        yield adapter.reembed(piece)
 
 
 class StreamingObjective(nn.Module):
-    """Wraps the trainable model (`inner`) with the streaming engine that drives it."""
+    """Wraps the trainable model (`inner`) with the streaming engine that drives it.
+
+    full_context:  the engine keeps everything (`compression: none`): each batch runs as one padded
+                   full-context forward (`train.full_context`), which gives the same loss faster.
+    cache:         an `EncoderCache` for frozen encoders (the clip is decoded and encoded once).
+    answer_format: the prompt's answer instruction ("letter" / "option", see `models.prompt`); the
+                   example's `answer` must already be written in that format.
+    """
 
     def __init__(self, inner: nn.Module, adapter: ModelAdapter, engine: StreamingEngine, media: MediaConfig,
-                 system_prompt: str, checkpoint: bool = True, train_encoders: bool = False):
+                 system_prompt: str, checkpoint: bool = True, train_encoders: bool = False,
+                 full_context: bool = False, cache: EncoderCache | None = None, answer_format: str = "letter"):
         super().__init__()
+        if cache is not None and train_encoders:
+            raise ValueError("an encoder cache needs frozen encoders (train_encoders: false)")
         self.inner = inner  # registered: DeepSpeed/DDP and the optimizer see its parameters
         self.adapter, self.engine, self.media = adapter, engine, media
         self.system_prompt, self.checkpoint, self.train_encoders = system_prompt, checkpoint, train_encoders
+        self.full_context, self.cache, self.answer_format = full_context, cache, answer_format
         self.last_reports: list[MemoryReport] = []
 
     def forward(self, examples: list[Example]) -> torch.Tensor:
-        losses, self.last_reports = [], []
+        self.last_reports = []
+        if self.full_context:
+            seqs = []
+            for ex in examples:
+                pieces, _, q_ids, a_ids = self._context(ex)
+                seqs.append(Sequence(list(pieces), q_ids, a_ids))
+                self.last_reports.append(self._full_report(seqs[-1].pieces))
+            return full_context_loss(self.adapter, seqs)
+        losses = []
         for ex in examples:
             loss, report = self.example_loss(ex)
             losses.append(loss)
@@ -67,13 +89,35 @@ class StreamingObjective(nn.Module):
         return torch.stack(losses).mean()
 
     def example_loss(self, ex: Example) -> tuple[torch.Tensor, MemoryReport]:
-        ad, engine = self.adapter, self.engine
-        media, _ = media_input(ad, self.media, ex.video, ex.audio, ex.context)
-        engine.policy.expect(media.expected_tokens)
-        prefix, q_ids = split_chat_prompt(ad.tokenizer, self.system_prompt, format_question(ex.question, ex.options))
+        """One example through the group-wise (compressed) streaming forward."""
+        pieces, expected, q_ids, a_ids = self._context(ex)
+        self.engine.policy.expect(expected)
+        state, _ = self.engine.prefill(pieces, checkpoint=self.checkpoint)
+        return answer_loss(self.engine, state, q_ids, a_ids), state.report()
+
+    def _full_report(self, pieces: list[StreamPiece]) -> MemoryReport:
+        """Full context keeps the whole stream in every layer (K and V of each kv head)."""
+        ad = self.adapter
+        k_proj = ad.decoder_layers[0].self_attn.k_proj
+        per_token = 2 * k_proj.weight.shape[0] * k_proj.weight.element_size()
+        modality = torch.cat([p.modality for p in pieces]) if pieces else torch.zeros(0, dtype=torch.long)
+        return full_context_report(modality, len(ad.decoder_layers), per_token)
+
+    def _context(self, ex: Example) -> tuple[Iterable[StreamPiece], dict, list[int], list[int]]:
+        """-> (stream pieces, expected tokens per modality, question ids, answer ids)."""
+        ad = self.adapter
+        question = format_question(ex.question, ex.options, self.answer_format)
+        prefix, q_ids = split_chat_prompt(ad.tokenizer, self.system_prompt, question)
         a_ids = ad.tokenizer(ex.answer, add_special_tokens=False)["input_ids"] + [ad.tokenizer.eos_token_id]
-        pieces = ad.stream(media, prefix)
-        if not self.train_encoders:
-            pieces = _detached(pieces)
-        state, _ = engine.prefill(pieces, checkpoint=self.checkpoint)
-        return answer_loss(engine, state, q_ids, a_ids), state.report()
+
+        def build() -> tuple[Iterable[StreamPiece], dict]:
+            media, _ = media_input(ad, self.media, ex.video, ex.audio, ex.context)
+            return ad.stream(media, prefix), media.expected_tokens
+
+        if self.cache is not None:
+            pieces, expected = self.cache.get((ex.video, ex.audio, ex.context, tuple(prefix)), build)
+        else:
+            pieces, expected = build()
+            if not self.train_encoders:
+                pieces = _detached(pieces, ad)
+        return pieces, expected, q_ids, a_ids

@@ -8,6 +8,7 @@ Launch multi-process runs with `./launch.sh RECIPE.yaml` (DeepSpeed launcher).
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -68,6 +69,7 @@ def build_objective(cfg):
     from omnimem_train.memory.registry import build_policy
     from omnimem_train.models.load import load_adapter
     from omnimem_train.streaming.engine import StreamingEngine
+    from omnimem_train.train.encoder_cache import EncoderCache
     from omnimem_train.train.lora import prepare_model
     from omnimem_train.train.objective import StreamingObjective
 
@@ -79,8 +81,11 @@ def build_objective(cfg):
     else:
         engine = StreamingEngine(adapter, build_policy(cfg.memory, len(adapter.decoder_layers)),
                                  cfg.memory.group_size, cfg.memory.group_seconds)
+    cache = EncoderCache(adapter) if cfg.cache_encoder_outputs else None
     objective = StreamingObjective(inner, adapter, engine, cfg.media, cfg.generation.system_prompt,
-                                   checkpoint=cfg.gradient_checkpointing, train_encoders=cfg.train_encoders)
+                                   checkpoint=cfg.gradient_checkpointing, train_encoders=cfg.train_encoders,
+                                   full_context=cfg.compression == "none", cache=cache,
+                                   answer_format=cfg.generation.answer_format)
     return objective, adapter
 
 
@@ -123,7 +128,8 @@ def run_training(cfg):
     torch.manual_seed(cfg.seed)
     objective, adapter = build_objective(cfg)
     args = _training_args(cfg, adapter.model.config.get_text_config().hidden_size)
-    trainer = StreamingTrainer(model=objective, args=args, train_dataset=to_dataset(samples), data_collator=collate,
+    trainer = StreamingTrainer(model=objective, args=args, train_dataset=to_dataset(samples),
+                               data_collator=partial(collate, answer_format=cfg.generation.answer_format),
                                callbacks=[JsonlMetrics(), DataPosition()], run_cfg=cfg)
     if trainer.is_world_process_zero():
         print(trainable_summary(objective.inner), flush=True)

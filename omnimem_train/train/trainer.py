@@ -10,25 +10,35 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
 
 from omnimem_train.config.load import config_to_dict, save_config
+from omnimem_train.models.prompt import LETTERS, option_text
 from omnimem_train.train.objective import Example
 
 MEMORY_FILE = "omnimem_memory.json"
+BUDGET_FILE = "omnimem_budget.json"  # a budget_file, copied next to the weights (relative in MEMORY_FILE)
 METRICS_FILE = "metrics.jsonl"
 
 
-def collate(rows: list[dict]) -> list[Example]:
-    """Manifest rows (from `data.manifest.to_dataset`) -> training examples."""
+def collate(rows: list[dict], answer_format: str = "letter") -> list[Example]:
+    """Manifest rows (from `data.manifest.to_dataset`) -> training examples whose multiple-choice
+    answers are written in `answer_format` (`models.prompt.option_text`)."""
     return [
         Example(video=r["video"], audio=r["audio"], question=r["question"], options=list(r["options"]),
-                answer=r["answer_text"], context=json.loads(r["extra"] or "{}").get("context"))
+                answer=_answer(r, answer_format), context=json.loads(r["extra"] or "{}").get("context"))
         for r in rows
     ]
+
+
+def _answer(row: dict, answer_format: str) -> str:
+    if not row["options"]:
+        return row["answer_text"]
+    return option_text(list(row["options"]), LETTERS.index(row["answer"]), answer_format)
 
 
 def memory_settings(cfg) -> dict:
@@ -69,7 +79,11 @@ class StreamingTrainer(Trainer):
         objective.adapter.tokenizer.save_pretrained(output_dir)
         if self.run_cfg is not None:
             save_config(self.run_cfg, output_dir)
-            Path(output_dir, MEMORY_FILE).write_text(json.dumps(memory_settings(self.run_cfg), indent=2))
+            settings = memory_settings(self.run_cfg)
+            if settings.get("budget_file"):  # the run folder serves on its own: keep the budgets with it
+                shutil.copyfile(settings["budget_file"], Path(output_dir, BUDGET_FILE))
+                settings["budget_file"] = BUDGET_FILE
+            Path(output_dir, MEMORY_FILE).write_text(json.dumps(settings, indent=2))
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):

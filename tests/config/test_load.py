@@ -103,6 +103,13 @@ def test_recipes_found():
 
 @pytest.mark.parametrize("path", ALL_RECIPES, ids=lambda p: str(p.relative_to(RECIPES)))
 def test_every_recipe_loads(path):
+    if path.name.startswith("pipeline_"):  # pipeline recipes chain stage recipes: check those load too
+        from omnimem_train.pipeline import PipelineConfig, stage_configs, tune_configs
+
+        pcfg = load_config(path, schema=PipelineConfig)
+        stages = stage_configs(pcfg)
+        assert all(isinstance(c, Config) for c in stages + tune_configs(pcfg, *stages))
+        return
     assert isinstance(load_config(path), Config)
 
 
@@ -191,6 +198,25 @@ def test_invalid_nested_value_names_dotted_key(tmp_path):
 def test_cross_field_error_blames_the_override(tmp_path):
     message = _error(None, ["media.max_pixels=1000"])  # below the default min_pixels
     assert message.startswith("override 'media.max_pixels=1000'") and "'media.min_pixels'" in message
+
+
+def test_answer_format_choice(tmp_path):
+    assert load_config(None, ["generation.answer_format=option"]).generation.answer_format == "option"
+    assert load_config(None).generation.answer_format == "letter"
+    message = _error(None, ["generation.answer_format=bogus"])
+    assert message.startswith("override 'generation.answer_format=bogus'")
+    assert "'generation.answer_format'" in message and "'bogus'" in message and "letter" in message
+    message = _error(_write(tmp_path, "generation:\n  answer_format: words\n", "fmt.yaml"))
+    assert "fmt.yaml" in message and "'generation.answer_format'" in message and "'words'" in message
+
+
+def test_encoder_cache_needs_frozen_encoders(tmp_path):
+    assert load_config(None, ["cache_encoder_outputs=true"]).cache_encoder_outputs is True
+    assert load_config(None, ["train_encoders=true"]).cache_encoder_outputs is False
+    message = _error(None, ["train_encoders=true", "cache_encoder_outputs=true"])
+    assert "'cache_encoder_outputs'" in message and "train_encoders" in message
+    message = _error(_write(tmp_path, "train_encoders: true\ncache_encoder_outputs: true\n", "cache.yaml"))
+    assert "cache.yaml" in message and "'cache_encoder_outputs'" in message
 
 
 def test_missing_recipe(tmp_path):

@@ -50,6 +50,9 @@ def test_config_nests_the_sections():
         (MemoryConfig, {"group_size": 0}, "group_size"),
         (MemoryConfig, {"group_seconds": 0.0}, "group_seconds"),
         (GenerationConfig, {"max_new_tokens": 0}, "max_new_tokens"),
+        (GenerationConfig, {"answer_format": "bogus"}, "answer_format"),
+        (Config, {"cache_encoder_outputs": True, "train_encoders": True}, "cache_encoder_outputs"),
+        (Config, {"cache_encoder_outputs": "yes"}, "cache_encoder_outputs"),
     ],
 )
 def test_invalid_value_names_field_and_value(cls, kwargs, name):

@@ -204,6 +204,14 @@ def test_answer_text_matches_prompt_and_scoring_format(tmp_path):
     assert open_ended.answer_text() == "hello there" and open_ended.answer_index is None
 
 
+def test_answer_text_in_option_format(tmp_path):
+    mc, open_ended, _ = samples_in(tmp_path)
+    assert mc.answer_text("option") == "yellow" and mc.answer_text("letter") == "D. yellow"
+    assert open_ended.answer_text("option") == open_ended.answer_text("letter") == "hello there"
+    # to_dataset's answer_text column stays in the default (letter) format
+    assert to_dataset([mc])[0]["answer_text"] == "D. yellow"
+
+
 def test_to_dataset(tmp_path):
     samples = samples_in(tmp_path)
     ds = to_dataset(samples)

@@ -176,3 +176,25 @@ def test_bad_input_is_one_line_error(overrides, expected, manifest, tmp_path):
     assert err.count("\n") == 1 and expected in err, err
     assert "known: " not in expected or "omnimem" in err and "recency" in err
     assert not (tmp_path / "cells").exists()  # failed before loading the model or writing a cell
+
+
+def test_cells_take_the_other_memory_settings_from_the_model(manifest, tmp_path):
+    import shutil
+
+    from omnimem_train.models.builtin import resolve_builtin
+
+    model = shutil.copytree(resolve_builtin("tiny-omni")[0], tmp_path / "model")
+    (model / "omnimem_memory.json").write_text(json.dumps(
+        {"compression": "streaming", "scorer": "omnimem", "budget": 999, "group_size": 24, "sink_tokens": 0,
+         "rho": 3.0}))
+    out_dir = tmp_path / "run"
+    code, out, err = _main(["eval", "--model", str(model), f"eval.manifest={manifest}", f"output_dir={out_dir}",
+                            "eval.scorers=[recency]", "eval.budgets=[16]", "eval.modality=[aware]",
+                            "eval.fraction=0.25", "memory.rho=4.0", "device=cpu"])
+    assert code == 0, err
+    assert "omnimem_memory.json" in err and "group_size=24" in err
+    cell = load_config(out_dir / "cells" / "recency-16-aware" / "config.yaml").memory
+    assert (cell.scorer, cell.budget) == ("recency", 16)  # the cell's own
+    assert (cell.group_size, cell.sink_tokens, cell.rho) == (24, 0, 4.0)  # the model's, unless overridden
+    full = load_config(out_dir / "cells" / "full" / "config.yaml").memory
+    assert (full.scorer, full.budget, full.group_size) == ("full", None, 24)

@@ -90,3 +90,82 @@ def test_unknown_builtin_lists_known():
     with pytest.raises(ModelError) as e:
         load_adapter("builtin:nope")
     _one_line(e, "builtin:tiny-omni", "builtin:smollm2-135m")
+
+
+# --- loading safety: config checked first, safetensors only ------------------------------------
+
+
+def _copy_model(src, dst, weights=True):
+    """A copy of a saved model folder (optionally without its weights)."""
+    import shutil
+
+    shutil.copytree(src, dst, ignore=None if weights else shutil.ignore_patterns("*.safetensors"))
+    return dst
+
+
+@pytest.fixture
+def no_weight_reads(monkeypatch):
+    """Fail the test if any model class starts reading weights."""
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("from_pretrained was called: weights would have been read")
+
+    for name in ("Qwen2_5OmniThinkerForConditionalGeneration", "Qwen2_5OmniForConditionalGeneration",
+                 "AutoModelForCausalLM"):
+        monkeypatch.setattr(getattr(transformers, name), "from_pretrained", refuse)
+
+
+def test_pickled_weights_are_refused_with_the_conversion_command(omni_dir, tmp_path, no_weight_reads):
+    path = _copy_model(omni_dir[0], tmp_path / "m", weights=False)
+    (path / "pytorch_model.bin").write_bytes(b"not even a pickle")
+    with pytest.raises(ModelError) as e:
+        load_adapter(str(path), device="cpu")
+    _one_line(e, str(path), "pytorch_model.bin", "refused", "use_safetensors=False).save_pretrained(",
+              "Qwen2_5OmniThinkerForConditionalGeneration")
+    (path / "pytorch_model.bin").unlink()
+    with pytest.raises(ModelError) as e:
+        load_adapter(str(path), device="cpu")
+    _one_line(e, str(path), "no model weights")
+
+
+def test_safetensors_win_over_a_pickle_next_to_them(omni_dir, tmp_path):
+    path = _copy_model(omni_dir[0], tmp_path / "m")
+    (path / "pytorch_model.bin").write_bytes(b"garbage: loading it would fail")
+    assert isinstance(load_adapter(str(path), device="cpu"), Qwen2_5OmniAdapter)
+
+
+@pytest.mark.parametrize("config,needles", [
+    ("{garbage", ["unreadable"]),
+    ('["a list"]', ["no 'model_type'"]),
+    ('{"model_type": "whisper"}', ["'whisper'", "not supported"]),
+    ('{"model_type": "qwen2_5_omni_thinker", "text_config": {"hidden_size": 8, "num_hidden_layers": 1}, '
+     '"audio_config": {}}', ["'vision_config'", "qwen2_5_omni_thinker"]),
+    ('{"model_type": "qwen2_5_omni", "thinker_config": {"text_config": {}}}', ["'thinker_config.audio_config'"]),
+    ('{"model_type": "qwen2_5_omni_thinker", "text_config": {"hidden_size": 8}, "audio_config": {}, '
+     '"vision_config": {}}', ["'num_hidden_layers'", "'text_config'"]),
+    ('{"model_type": "llama", "hidden_size": 8}', ["'num_hidden_layers'", "top level"]),
+])
+def test_bad_config_is_refused_before_any_weight_is_read(omni_dir, tmp_path, no_weight_reads, config, needles):
+    path = _copy_model(omni_dir[0], tmp_path / "m", weights=False)
+    (path / "model.safetensors").write_bytes(b"garbage")  # would fail loudly if it were opened
+    (path / "config.json").write_text(config)
+    with pytest.raises(ModelError) as e:
+        load_adapter(str(path), device="cpu")
+    _one_line(e, "config.json", *needles)
+
+
+def test_remote_code_stays_off_unless_asked(omni_dir, tmp_path, monkeypatch):
+    import transformers
+
+    seen = []
+
+    def record(source, **kw):
+        seen.append((kw["trust_remote_code"], kw["use_safetensors"]))
+        raise OSError("stop here")
+
+    monkeypatch.setattr(transformers.Qwen2_5OmniThinkerForConditionalGeneration, "from_pretrained", record)
+    for trust in (False, True):
+        with pytest.raises(ModelError, match="stop here"):
+            load_adapter(str(omni_dir[0]), device="cpu", trust_remote_code=trust)
+    assert seen == [(False, True), (True, True)]

@@ -1,0 +1,61 @@
+"""Built-in random-weight models: `testbed-omni` is a wider tiny Omni whose audio convs are drawn
+at std 0.1 (a frozen random audio tower then separates tones), deterministic in the seed."""
+
+import numpy as np
+import torch
+
+from omnimem_train.memory.policies.full import FullMemory
+from omnimem_train.models.base import MediaInput, Modality
+from omnimem_train.models.builtin import BUILTINS, TESTBED_AUDIO_CONV_STD, build_tiny_model
+from omnimem_train.models.qwen2_5_omni import Qwen2_5OmniAdapter
+from omnimem_train.streaming.engine import StreamingEngine
+
+
+def _convs(model):
+    tower = model.model.audio_tower
+    return tower.conv1, tower.conv2
+
+
+def test_testbed_omni_is_wider_with_large_audio_convs():
+    assert "testbed-omni" in BUILTINS and TESTBED_AUDIO_CONV_STD == 0.1
+    model, tok = build_tiny_model("testbed-omni", seed=0)
+    text = model.config.get_text_config()
+    assert text.hidden_size == 128
+    assert model.model.language_model.embed_tokens.weight.shape == (len(tok), 128)
+    for conv in _convs(model):
+        assert abs(conv.weight.std().item() - 0.1) < 0.01
+        assert abs(conv.weight.mean().item()) < 0.01
+        assert conv.bias.abs().sum() == 0
+    tiny, _ = build_tiny_model("tiny-omni", seed=0)
+    assert tiny.config.get_text_config().hidden_size == 64
+    assert all(conv.weight.std().item() < 0.05 for conv in _convs(tiny))  # the default init stays small
+
+
+def test_testbed_omni_is_deterministic_in_seed():
+    a, _ = build_tiny_model("testbed-omni", seed=3)
+    b, _ = build_tiny_model("testbed-omni", seed=3)
+    c, _ = build_tiny_model("testbed-omni", seed=4)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["model.audio_tower.conv1.weight"], sc["model.audio_tower.conv1.weight"])
+    assert not torch.equal(sa["model.language_model.embed_tokens.weight"], sc["model.language_model.embed_tokens.weight"])
+
+
+def test_testbed_omni_streams_audio_and_video_into_its_wider_llm():
+    """The towers project into the 128-wide LLM and TMRoPE's sections fit its heads: a stream runs."""
+    model, tok = build_tiny_model("testbed-omni", seed=0, num_layers=1)
+    ad = Qwen2_5OmniAdapter(model, tok)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (4, 56, 56, 3), dtype=np.uint8)
+    mel = rng.standard_normal((128, 200)).astype(np.float32)
+    media = MediaInput(frames=iter(frames), fps=2.0, mel_windows=iter([mel]), duration_s=2.0)
+    with torch.no_grad():
+        pieces = list(ad.stream(media, [1, 2, 3]))
+        assert all(p.embeds.shape[1] == 128 for p in pieces)
+        kinds = {int(m) for p in pieces for m in p.modality}
+        assert {int(Modality.AUDIO), int(Modality.VISUAL), int(Modality.TEXT)} <= kinds
+        state, _ = StreamingEngine(ad, FullMemory(), group_size=32).prefill(iter(pieces))
+        logits = StreamingEngine(ad, FullMemory()).forward(state, ad.text_piece([5], state.next_pos),
+                                                            want_logits="last")
+    assert logits.shape[-1] == len(tok) and torch.isfinite(logits).all()

@@ -1,0 +1,47 @@
+"""The multiple-choice prompt and answer formats: one lettered line per option, the instruction of
+the answer format, and the answer text that training targets and inference scores."""
+
+import pytest
+
+from omnimem_train.models.prompt import ANSWER_FORMATS, LETTERS, format_question, option_text
+
+OPTIONS = ["red", "green", "blue", "yellow"]
+
+
+def test_answer_formats():
+    assert ANSWER_FORMATS == ("letter", "option")
+
+
+@pytest.mark.parametrize("answer_format", ANSWER_FORMATS)
+def test_options_are_always_listed_with_letters(answer_format):
+    lines = format_question("What colour?", OPTIONS, answer_format).splitlines()
+    assert lines[0] == "What colour?"
+    assert lines[1:5] == ["A. red", "B. green", "C. blue", "D. yellow"]
+    assert len(lines) == 6
+
+
+def test_instruction_follows_the_answer_format():
+    letter = format_question("Q?", OPTIONS, "letter").splitlines()[-1]
+    option = format_question("Q?", OPTIONS, "option").splitlines()[-1]
+    assert letter == "Answer with the option's letter."
+    assert option == "Answer with the option."
+    assert format_question("Q?", OPTIONS) == format_question("Q?", OPTIONS, "letter")  # the default
+
+
+@pytest.mark.parametrize("answer_format", ANSWER_FORMATS)
+def test_open_ended_question_is_unchanged(answer_format):
+    assert format_question("Describe it.", None, answer_format) == "Describe it."
+    assert format_question("Describe it.", [], answer_format) == "Describe it."
+
+
+def test_option_text():
+    assert [option_text(OPTIONS, i) for i in range(4)] == ["A. red", "B. green", "C. blue", "D. yellow"]
+    assert [option_text(OPTIONS, i, "option") for i in range(4)] == OPTIONS
+    assert option_text(OPTIONS, 2, "letter") == f"{LETTERS[2]}. blue"
+    # the letter-format answer is exactly the option's line in the prompt
+    assert option_text(OPTIONS, 1, "letter") in format_question("Q?", OPTIONS, "option").splitlines()
+
+
+def test_unknown_format_is_rejected_by_the_prompt():
+    with pytest.raises(KeyError):
+        format_question("Q?", OPTIONS, "bogus")
