@@ -20,3 +20,9 @@ class MediaError(OmniMemError):
 
 class ModelError(OmniMemError):
     """A model directory or name cannot be loaded (names the path)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (library errors can span many lines)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 from omnimem_train.config.schema import Config, FieldValueError, MemoryConfig
-from omnimem_train.errors import ConfigError
+from omnimem_train.errors import ConfigError, first_line
 from omnimem_train.utils.atomic import atomic_write_text
 
 CONFIG_FILENAME = "config.yaml"
@@ -169,7 +169,7 @@ def _read_model_memory(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({_first_line(exc)})") from None
+        raise ConfigError(f"{path}: not valid JSON ({first_line(exc)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object of memory settings, got {type(data).__name__}")
     memory = dict(data)
@@ -203,7 +203,7 @@ def _read_recipe(path: Path, source: str) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{source}: cannot read recipe: {_first_line(exc)}") from None
+        raise ConfigError(f"{source}: cannot read recipe: {first_line(exc)}") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)  # syntax and top-level shape only
         if node is None:
@@ -215,7 +215,7 @@ def _read_recipe(path: Path, source: str) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: {_yaml_problem(exc)}") from None
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"{source}: {_first_line(exc)}") from None
+        raise ConfigError(f"{source}: {first_line(exc)}") from None
     return OmegaConf.to_container(loaded, resolve=False)
 
 
@@ -241,12 +241,12 @@ def _parse_override(item: Any, source: str, schema: type) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: cannot parse the value: {_yaml_problem(exc, where=False)}") from None
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"{source}: {_first_line(exc)}") from None
+        raise ConfigError(f"{source}: {first_line(exc)}") from None
 
 
 def _yaml_problem(exc: yaml.YAMLError, where: bool = True) -> str:
     mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or _first_line(exc)
+    problem = getattr(exc, "problem", None) or first_line(exc)
     if mark is not None and where:
         return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
     return f"invalid YAML: {problem}"
@@ -265,11 +265,11 @@ def _merge(cfg: DictConfig, data: dict[str, Any], schema: type, source: str) -> 
         raise ConfigError(f"{source}: unknown key '{key}'{_suggestion(str(key), schema)}") from None
     except ValidationError as exc:
         if not exc.full_key:
-            raise ConfigError(f"{source}: {_first_line(exc)}") from None
+            raise ConfigError(f"{source}: {first_line(exc)}") from None
         expected = _describe(_type_at(schema, exc.full_key))
         raise ConfigError(f"{source}: key '{exc.full_key}': expected {expected}, got {exc.value!r}") from None
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"{source}: {_first_line(exc)}") from None
+        raise ConfigError(f"{source}: {first_line(exc)}") from None
 
 
 def _check_keys(data: dict[str, Any], schema: type, prefix: str, source: str, root: type) -> None:
@@ -315,11 +315,11 @@ def _to_object(node: DictConfig, prefix: str, layers: list[_Layer], root: type) 
     except OmegaConfBaseException as exc:
         key = exc.full_key or prefix.rstrip(".")
         where = f"key '{key}': " if key else ""
-        raise ConfigError(f"{_source_of([key], layers, root)}: {where}{_first_line(exc)}") from None
+        raise ConfigError(f"{_source_of([key], layers, root)}: {where}{first_line(exc)}") from None
     except (ValueError, TypeError) as exc:  # a check written without FieldValueError
         section = prefix.rstrip(".") or "config"
         raise ConfigError(
-            f"{_source_of([section], layers, root)}: invalid {section}: {_first_line(exc)}"
+            f"{_source_of([section], layers, root)}: invalid {section}: {first_line(exc)}"
         ) from exc
 
 
@@ -420,10 +420,6 @@ def _dotted_keys(data: dict[str, Any], prefix: str = "") -> set[str]:
 def _is_interpolation(value: Any) -> bool:
     return isinstance(value, str) and value.startswith("${")
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def _require_instance(cfg: Any) -> None:

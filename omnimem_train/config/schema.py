@@ -381,3 +381,7 @@ class Config:
         _require(not (self.cache_encoder_outputs and self.train_encoders), "cache_encoder_outputs",
                  self.cache_encoder_outputs, "false while train_encoders is true (trained encoders change)",
                  related=("train_encoders",))
+        # peft saves only adapter tensors: towers trained next to LoRA would be silently lost at save.
+        _require(not (self.train_encoders and self.finetuning_type == "lora"), "train_encoders",
+                 self.train_encoders, "false with finetuning_type lora (train the towers with finetuning_type "
+                 "full; a LoRA checkpoint holds only the adapter)", related=("finetuning_type",))

@@ -254,6 +254,19 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(rows: list[dict]) -> str:
+    """The summary as a Markdown table: accuracy [95% CI] overall and per question type, KV bytes."""
+    types = sorted({t for r in rows for t in r.get("per_type", {})})
+    head = ["scorer", "budget", "memory", "accuracy [95% CI]", *types, "n", "KV MiB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        per = [f"{r['per_type'][t]['accuracy']:.2f}" if t in r.get("per_type", {}) else "-" for t in types]
+        cells = [r["scorer"], budget_str(r), r.get("modality") or "-", accuracy_str(r), *per, str(r["n"]),
+                 _fmt_bytes(r["kv_bytes_mean"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def budget_str(row: dict) -> str:
     """A summary row's budget: "-" (full), "64" (absolute) or "0.0625x" (a fraction of the stream)."""
     if row["scorer"] == "full":
@@ -300,6 +313,7 @@ def run_eval(cfg, out: TextIO | None = None, err: TextIO | None = None) -> dict:
                "samples": len(samples), "cells": rows}
     summary_path, plot_path = run_dir / SUMMARY, run_dir / PLOT
     changed = _write_if_changed(summary_path, _json(summary))
+    _write_if_changed(run_dir / "summary.md", format_markdown(rows))
     if changed or not plot_path.is_file():
         manifest = Path(cfg.eval.manifest)
         title = (f"{cfg.model_name_or_path} on {manifest.parent.name}/{manifest.name} ({cfg.eval.split}, "
@@ -323,5 +337,5 @@ def _load_model(cfg):
     return adapter
 
 
-__all__ = ["Cell", "PREDICTION_FIELDS", "cell_config", "check_scorers", "format_table",
+__all__ = ["Cell", "PREDICTION_FIELDS", "cell_config", "check_scorers", "format_markdown", "format_table",
            "grid_cells", "is_finished", "read_predictions", "run_cell", "run_eval", "select_samples"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from omnimem_train.errors import ModelError
+from omnimem_train.errors import ModelError, first_line
 from omnimem_train.export.source import ADAPTER_CONFIG, ADAPTER_FILE, TrainedSource
 from omnimem_train.export.zero import consolidate
 
@@ -34,7 +34,7 @@ def trained_tensors(source: TrainedSource) -> tuple[dict[str, torch.Tensor], str
         try:
             state.update(load_file(str(f)))
         except Exception as e:  # SafetensorError/OSError: the header was fine, the data is not
-            raise ModelError(f"{f}: corrupted or unreadable safetensors file ({_first_line(e)})") from e
+            raise ModelError(f"{f}: corrupted or unreadable safetensors file ({first_line(e)})") from e
     return state, ", ".join(str(f) for f in source.weights)
 
 
@@ -46,7 +46,7 @@ def attach_lora(model: nn.Module, source: TrainedSource) -> nn.Module:
     try:
         lora = LoraConfig.from_pretrained(str(source.folder))
     except (OSError, ValueError, TypeError, json.JSONDecodeError) as e:
-        raise ModelError(f"{cfg_file}: unreadable LoRA config ({_first_line(e)})") from e
+        raise ModelError(f"{cfg_file}: unreadable LoRA config ({first_line(e)})") from e
     lora.inference_mode = True
     state, origin = trained_tensors(source)
     with warnings.catch_warnings():  # peft probes a deprecated transformers attribute
@@ -54,7 +54,7 @@ def attach_lora(model: nn.Module, source: TrainedSource) -> nn.Module:
         try:
             peft_model = get_peft_model(model, lora)
         except ValueError as e:  # "Target modules ... not found in the base model"
-            raise ModelError(f"{cfg_file}: does not fit base model {source.base} ({_first_line(e)})") from e
+            raise ModelError(f"{cfg_file}: does not fit base model {source.base} ({first_line(e)})") from e
     if source.zero_dir is not None:  # runtime names -> peft's saved names (adapter name dropped)
         state = get_peft_model_state_dict(peft_model, state_dict=state)
     _check_against(get_peft_model_state_dict(peft_model), state,
@@ -99,7 +99,7 @@ def _from_pretrained_state(cls, source: TrainedSource) -> dict[str, torch.Tensor
         trained = cls.from_pretrained(str(source.folder), dtype=torch.float32, local_files_only=True,
                                       use_safetensors=True)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise ModelError(f"{source.folder}: cannot load the full fine-tuned weights ({_first_line(e)})") from e
+        raise ModelError(f"{source.folder}: cannot load the full fine-tuned weights ({first_line(e)})") from e
     return trained.state_dict()
 
 
@@ -120,8 +120,3 @@ def _check_shapes(expected: dict, state: dict, origin, base: str) -> None:
         if tuple(v.shape) != tuple(expected[k].shape):
             raise ModelError(f"{origin}: tensor {k} has shape {tuple(v.shape)}, base model {base} expects "
                              f"{tuple(expected[k].shape)} (trained on a different base model?)")
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from omnimem_train.errors import ModelError
+from omnimem_train.errors import ModelError, first_line
 
 FULL_OMNI_TYPE = "qwen2_5_omni"
 THINKER_PREFIX = "thinker."
@@ -50,7 +50,7 @@ def load_full_omni(model_dir: Path, trust_remote_code: bool = False):
             use_safetensors=True, trust_remote_code=trust_remote_code)
         tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
-        raise ModelError(f"{model_dir}: cannot load the full Qwen2.5-Omni model ({_first_line(e)})") from e
+        raise ModelError(f"{model_dir}: cannot load the full Qwen2.5-Omni model ({first_line(e)})") from e
     pre = _json(Path(model_dir) / "preprocessor_config.json")
     adapter = Qwen2_5OmniAdapter(full.thinker, tok, pre.get("image_mean", CLIP_MEAN), pre.get("image_std", CLIP_STD),
                                  name=str(model_dir))
@@ -116,9 +116,4 @@ def _json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ModelError(f"{path}: invalid JSON ({_first_line(e)})") from e
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
+        raise ModelError(f"{path}: invalid JSON ({first_line(e)})") from e

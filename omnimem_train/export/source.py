@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from omnimem_train.errors import ConfigError, ModelError
+from omnimem_train.errors import ConfigError, ModelError, first_line
 
 RUN_CONFIG = "config.yaml"
 MEMORY_FILE = "omnimem_memory.json"  # the trainer's MEMORY_FILE (not imported: that pulls in HF Trainer)
@@ -108,7 +108,7 @@ def _read_run_config(folder: Path) -> dict:
     try:
         cfg = yaml.safe_load(f.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{f}: unreadable run config ({_first_line(e)})") from e
+        raise ConfigError(f"{f}: unreadable run config ({first_line(e)})") from e
     if not isinstance(cfg, dict):
         raise ConfigError(f"{f}: expected a mapping of config keys")
     return cfg
@@ -122,7 +122,7 @@ def _read_memory(folder: Path, cfg: dict) -> dict:
     try:
         memory = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{f}: unreadable memory settings ({_first_line(e)})") from e
+        raise ConfigError(f"{f}: unreadable memory settings ({first_line(e)})") from e
     if not isinstance(memory, dict):
         raise ConfigError(f"{f}: expected a JSON object of memory settings")
     return memory
@@ -180,7 +180,7 @@ def _weight_files(folder: Path, finetuning: str) -> list[Path]:
         try:
             names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise ModelError(f"{index}: unreadable shard index ({_first_line(e)})") from e
+            raise ModelError(f"{index}: unreadable shard index ({first_line(e)})") from e
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
             raise ModelError(f"{index}: shard {missing[0]} is missing")
@@ -208,7 +208,7 @@ def tensor_shapes(path: Path) -> dict[str, list[int]]:
         with safe_open(str(path), framework="pt") as f:
             return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as e:  # SafetensorError (truncated, garbage), OSError: all mean "not a usable file"
-        raise ModelError(f"{path}: corrupted or unreadable safetensors file ({_first_line(e)})") from e
+        raise ModelError(f"{path}: corrupted or unreadable safetensors file ({first_line(e)})") from e
 
 
 def _numel(shape: list[int]) -> int:
@@ -222,8 +222,3 @@ def _checkpoint_hint(folder: Path) -> str:
     ckpts = sorted((p.name for p in folder.iterdir() if p.is_dir() and _CHECKPOINT.match(p.name)),
                    key=lambda n: int(n.split("-")[1]))
     return f"; checkpoints here: {', '.join(ckpts)} (export one of them)" if ckpts else ""
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__

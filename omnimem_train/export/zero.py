@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from omnimem_train.errors import ModelError
+from omnimem_train.errors import ModelError, first_line
 
 WRAPPER_PREFIX = "inner."
 
@@ -38,7 +38,7 @@ def consolidate(zero_dir: Path, trainable_only: bool) -> dict[str, torch.Tensor]
     except ModelError:
         raise
     except Exception as e:  # deepspeed raises ValueError, FileNotFoundError, UnpicklingError, RuntimeError...
-        raise ModelError(f"{zero_dir}: cannot consolidate the DeepSpeed shards ({_first_line(e)})") from e
+        raise ModelError(f"{zero_dir}: cannot consolidate the DeepSpeed shards ({first_line(e)})") from e
     out = {k[len(WRAPPER_PREFIX):]: v for k, v in state.items() if k.startswith(WRAPPER_PREFIX)}
     if not out:
         raise ModelError(f"{zero_dir}: the DeepSpeed shards hold no '{WRAPPER_PREFIX}*' weights "
@@ -61,7 +61,7 @@ def weights_only_torch_load() -> Iterator[None]:
             return original(f, *args, **kwargs)
         except pickle.UnpicklingError as e:
             lines = [ln.strip() for ln in str(e).splitlines() if "unsupported global" in ln.lower()]
-            what = lines[0] if lines else _first_line(e)
+            what = lines[0] if lines else first_line(e)
             raise ModelError(f"{f}: refusing to unpickle a non-tensor object ({what})") from e
 
     torch.load = safe_load
@@ -70,8 +70,3 @@ def weights_only_torch_load() -> Iterator[None]:
             yield
     finally:
         torch.load = original
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from omnimem_train.errors import ModelError
+from omnimem_train.errors import ModelError, first_line
 from omnimem_train.models.base import ModelAdapter
 from omnimem_train.models.builtin import resolve_builtin
 
@@ -70,7 +70,7 @@ def load_adapter(model_name_or_path: str, dtype: str = "float32", device: str = 
     except ModelError:
         raise
     except (OSError, ValueError, KeyError) as e:
-        raise ModelError(f"{model_name_or_path}: cannot load model ({_first_line(e)})") from e
+        raise ModelError(f"{model_name_or_path}: cannot load model ({first_line(e)})") from e
     adapter.model.to(dev).eval()
     adapter.source = model_name_or_path
     return adapter
@@ -87,7 +87,7 @@ def _local_dir(name: str) -> Path:
             path = Path(snapshot_download(name))
         except Exception as e:  # offline, not cached, gated, ...: all mean "cannot load this id"
             raise ModelError(f"{name}: not a local directory and cannot load it from the hub cache "
-                             f"({_first_line(e)})") from e
+                             f"({first_line(e)})") from e
     if not path.exists():
         raise ModelError(f"{name}: model directory not found")
     if not path.is_dir():
@@ -103,7 +103,7 @@ def _read_model_type(path: Path, trust_remote_code: bool = False) -> str:
     try:
         cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"{cfg_file}: unreadable config ({_first_line(e)})") from e
+        raise ModelError(f"{cfg_file}: unreadable config ({first_line(e)})") from e
     if not isinstance(cfg, dict) or "model_type" not in cfg:
         raise ModelError(f"{cfg_file}: no 'model_type' field")
     model_type = cfg["model_type"]
@@ -192,9 +192,4 @@ def _preprocessor_config(source: str) -> dict:
     try:
         return json.loads(f.read_text())
     except json.JSONDecodeError as e:
-        raise ModelError(f"{f}: invalid JSON ({_first_line(e)})") from e
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
+        raise ModelError(f"{f}: invalid JSON ({first_line(e)})") from e

@@ -212,7 +212,9 @@ def test_answer_format_choice(tmp_path):
 
 def test_encoder_cache_needs_frozen_encoders(tmp_path):
     assert load_config(None, ["cache_encoder_outputs=true"]).cache_encoder_outputs is True
-    assert load_config(None, ["train_encoders=true"]).cache_encoder_outputs is False
+    assert load_config(None, ["finetuning_type=full", "train_encoders=true"]).cache_encoder_outputs is False
+    message = _error(None, ["train_encoders=true"])  # with LoRA (the default) the towers would not be saved
+    assert "'train_encoders'" in message and "finetuning_type" in message
     message = _error(None, ["train_encoders=true", "cache_encoder_outputs=true"])
     assert "'cache_encoder_outputs'" in message and "train_encoders" in message
     message = _error(_write(tmp_path, "train_encoders: true\ncache_encoder_outputs: true\n", "cache.yaml"))

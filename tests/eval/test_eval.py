@@ -198,3 +198,20 @@ def test_cells_take_the_other_memory_settings_from_the_model(manifest, tmp_path)
     assert (cell.group_size, cell.sink_tokens, cell.rho) == (24, 0, 4.0)  # the model's, unless overridden
     full = load_config(out_dir / "cells" / "full" / "config.yaml").memory
     assert (full.scorer, full.budget, full.group_size) == ("full", None, 24)
+
+
+def test_markdown_summary_has_one_row_per_cell_and_per_type_columns():
+    from omnimem_train.eval.grid import format_markdown
+
+    rows = [
+        {"scorer": "full", "budget": None, "budget_fraction": None, "modality": None, "accuracy": 0.5,
+         "ci": [0.3, 0.7], "n": 4, "kv_bytes_mean": 2**20,
+         "per_type": {"a": {"accuracy": 1.0}, "b": {"accuracy": 0.0}}},
+        {"scorer": "omnimem", "budget": None, "budget_fraction": 0.0625, "modality": "aware", "accuracy": 0.25,
+         "ci": [0.05, 0.7], "n": 4, "kv_bytes_mean": 1024, "per_type": {"a": {"accuracy": 0.5}}},
+    ]
+    lines = format_markdown(rows).strip().splitlines()
+    assert lines[0] == "| scorer | budget | memory | accuracy [95% CI] | a | b | n | KV MiB |"
+    assert lines[2].startswith("| full | - | - | 0.500 [0.300, 0.700] | 1.00 | 0.00 | 4 |")
+    assert lines[3].startswith("| omnimem | 0.0625x | aware | 0.250 [0.050, 0.700] | 0.50 | - | 4 |")
+    assert len(lines) == 4
