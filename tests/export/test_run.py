@@ -29,11 +29,13 @@ def test_lora_run_exports_merged_verified_model(lora_run, tmp_path, capsys):
     base = load_adapter("builtin:tiny-omni", "float32", "cpu").model.state_dict()
     q = "model.language_model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(exported.model.state_dict()[q], base[q])
-    # Memory settings: the run's, with the budget file copied in under a relative name.
+    # Memory settings: the run's; the run folder already holds its budget file under a relative
+    # name (the trainer copies it), and the export carries it along.
     run_memory = json.loads((lora_run / "omnimem_memory.json").read_text())
+    assert run_memory["budget_file"] == "omnimem_budget.json"
     memory = json.loads((out / "omnimem_memory.json").read_text())
-    assert memory == {**run_memory, "budget_file": "omnimem_budget.json"}
-    assert (out / "omnimem_budget.json").read_text() == open(run_memory["budget_file"]).read()
+    assert memory == run_memory
+    assert (out / "omnimem_budget.json").read_text() == (lora_run / "omnimem_budget.json").read_text()
     assert {"tokenizer.json", "tokenizer_config.json", "preprocessor_config.json", "config.json"} <= {
         p.name for p in out.iterdir()}
     record = json.loads((out / "omnimem_export.json").read_text())
