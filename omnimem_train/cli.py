@@ -116,12 +116,14 @@ def cmd_infer(args) -> int:
 
 def cmd_train(args) -> int:
     from omnimem_train.config import load_config
+    from omnimem_train.train.deepspeed import shutdown_distributed
     from omnimem_train.train.run import run_training
 
     cfg = load_config(args.recipe, args.overrides)
     trainer = run_training(cfg)
     if trainer.is_world_process_zero():
         print(f"saved: {cfg.output_dir} (metrics: {cfg.output_dir}/metrics.jsonl)")
+    shutdown_distributed()
     return 0
 
 

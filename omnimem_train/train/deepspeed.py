@@ -283,3 +283,14 @@ def is_accelerate_cpu_backend_patched() -> bool:
     from accelerate.state import PartialState
 
     return bool(getattr(PartialState.__dict__["_prepare_backend"], _SHIM_MARK, False))
+
+
+def shutdown_distributed() -> None:
+    """Tear the process group down before the interpreter exits: left to interpreter shutdown, a
+    gloo/shm worker thread can be destroyed while joinable ("terminate called without an active
+    exception", SIGABRT) and the launcher then reports a finished run as failed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

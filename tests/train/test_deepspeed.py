@@ -310,6 +310,8 @@ print("RESULT " + json.dumps({
     "backend": state.backend, "steps": result.global_step, "loss": result.training_loss,
     "zero_stage": trainer.deepspeed.zero_optimization_stage(),
 }), flush=True)
+from omnimem_train.train.deepspeed import shutdown_distributed
+shutdown_distributed()
 '''
 
 
