@@ -27,6 +27,8 @@ from omnimem_train.config.schema import _int, _number, _require
 from omnimem_train.errors import ConfigError
 from omnimem_train.utils.atomic import atomic_write_text
 
+TRAIN_RESULTS = "train_results.json"  # HF Trainer.save_metrics("train", ...), by train.run.run_training
+
 
 @dataclass
 class TestbedSection:
@@ -108,11 +110,16 @@ def tune_configs(pcfg: PipelineConfig, train_cfg, eval_cfg):
 
 
 def finished_training(cfg) -> bool:
-    """`output_dir` holds final weights saved by a run with exactly this resolved config."""
+    """`output_dir` holds a finished run with exactly this resolved config: `train_results.json`
+    (written after the final weights) is newer than `config.yaml` (rewritten when a run starts, so
+    an interrupted re-run never passes for the finished run it overwrote)."""
     from omnimem_train.config.load import CONFIG_FILENAME, config_to_dict, load_config
 
     out = Path(cfg.output_dir)
-    if not (out / CONFIG_FILENAME).exists() or not any(out.glob("*.safetensors")):
+    config, done = out / CONFIG_FILENAME, out / TRAIN_RESULTS
+    if not (config.exists() and done.exists() and any(out.glob("*.safetensors"))):
+        return False
+    if done.stat().st_mtime_ns < config.stat().st_mtime_ns:
         return False
     try:
         saved = load_config(out / CONFIG_FILENAME)
@@ -178,7 +185,10 @@ def _tune_export_eval(pcfg: PipelineConfig, train_cfg, eval_cfg, say, n: int) ->
 
     tune_cfg, tuned_eval = tune_configs(pcfg, train_cfg, eval_cfg)
     merged = Path(tuned_eval.model_name_or_path)
-    if finished_training(tune_cfg) and (merged / "omnimem_export.json").exists():
+    export_record = merged / "omnimem_export.json"
+    adapter = Path(tune_cfg.output_dir) / "adapter_model.safetensors"
+    if (finished_training(tune_cfg) and export_record.exists() and adapter.exists()
+            and export_record.stat().st_mtime_ns >= adapter.stat().st_mtime_ns):
         say(f"[4/{n}] budget-aware LoRA: reusing {tune_cfg.output_dir} and its export {merged}")
     else:
         say(f"[4/{n}] budget-aware LoRA on the base model -> {tune_cfg.output_dir}")

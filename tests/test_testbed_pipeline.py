@@ -6,6 +6,7 @@ blind. It checks the pieces fit together and that a re-run reuses what is finish
 
 import io
 import json
+import os
 
 import pytest
 
@@ -29,6 +30,7 @@ def test_generate_train_evaluate_then_reuse(tmp_path):
     out = io.StringIO()
     summary = run_pipeline(_cfg(tmp_path), out=out)
     assert "base model: training" in out.getvalue()
+    assert (tmp_path / "base" / "train_results.json").exists()
     assert (tmp_path / "testbed" / "manifest.jsonl").exists() and (tmp_path / "base" / "model.safetensors").exists()
     cells = {(c["scorer"], c.get("modality")) for c in summary["cells"]}
     assert any(s == "full" for s, _ in cells)
@@ -68,6 +70,13 @@ def test_changed_training_config_trains_again(tmp_path):
 
     save_config(train_cfg, tmp_path / "base")
     (tmp_path / "base" / "model.safetensors").write_bytes(b"x")
+    assert not finished_training(train_cfg)  # weights but no train_results.json: interrupted
+    (tmp_path / "base" / "train_results.json").write_text("{}")
+    assert finished_training(train_cfg)
+    # A new run with this config started (config rewritten) after that run finished: not finished.
+    os.utime(tmp_path / "base" / "train_results.json", ns=(1, 1))
+    assert not finished_training(train_cfg)
+    (tmp_path / "base" / "train_results.json").write_text("{}")
     assert finished_training(train_cfg)
     changed, _ = stage_configs(_cfg(tmp_path, "train.overrides=[output_dir=" + str(tmp_path / "base") + ",max_steps=3]"))
     assert not finished_training(changed)

@@ -134,6 +134,7 @@ def run_training(cfg):
     if trainer.is_world_process_zero():
         print(trainable_summary(objective.inner), flush=True)
         save_config(cfg, cfg.output_dir)
-    trainer.train(resume_from_checkpoint=resume)
+    result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(cfg.output_dir)
+    trainer.save_metrics("train", result.metrics)  # train_results.json, written last: the run finished
     return trainer
