@@ -23,7 +23,6 @@ value came from (the recipe file or the override) and the dotted key, e.g.
 import dataclasses
 import difflib
 import io
-import json
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -36,12 +35,13 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 
 from omnimem_train.config.schema import Config, FieldValueError, MemoryConfig
 from omnimem_train.errors import ConfigError, first_line
+from omnimem_train.memory.settings import MEMORY_FILE, read_memory_settings
 from omnimem_train.utils.atomic import atomic_write_text
 
 CONFIG_FILENAME = "config.yaml"
 _SAVED_HEADER = "# Fully resolved config saved by omnimem-train; reuse it as a recipe to repeat the run.\n"
 
-MODEL_MEMORY_FILE = "omnimem_memory.json"  # written by train/trainer.py `memory_settings`, copied by export
+MODEL_MEMORY_FILE = MEMORY_FILE  # see memory/settings.py
 _BUDGET_KEYS = ("budget", "compression_ratio", "budget_file")  # one budget mode: set together or not at all
 
 # (where the values came from, the dotted keys they set), in merge order
@@ -166,13 +166,7 @@ def _model_memory_layer(model: str, above: list[tuple[str, dict]]) -> tuple[tupl
 
 def _read_model_memory(path: Path) -> dict[str, Any] | None:
     """The file's MemoryConfig fields (budget_file resolved), or None for a compression-none model."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({first_line(exc)})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object of memory settings, got {type(data).__name__}")
-    memory = dict(data)
+    memory = read_memory_settings(path)
     compression = memory.pop("compression", "streaming")  # a hand-written file may leave it out
     if compression not in ("streaming", "none"):
         raise ConfigError(f"{path}: key 'compression': expected streaming | none, got {compression!r}")

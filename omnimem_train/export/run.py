@@ -29,12 +29,12 @@ from omnimem_train.export.omni import (
     stored_dtypes,
 )
 from omnimem_train.export.publish import check_output, staged_folder
-from omnimem_train.export.source import MEMORY_FILE, TrainedSource, default_output, find_source, tensor_shapes
+from omnimem_train.export.source import TrainedSource, default_output, find_source, tensor_shapes
 from omnimem_train.export.verify import max_abs_diff, probe_logits
+from omnimem_train.memory.settings import write_memory_settings
 from omnimem_train.utils.atomic import atomic_write_text
 
 EXPORT_FILE = "omnimem_export.json"
-BUDGET_FILE = "omnimem_budget.json"
 # Copied from the base folder when present (the tokenizer is re-saved, not copied).
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json",
                    "chat_template.json")
@@ -151,12 +151,9 @@ def _write_memory(source: TrainedSource, tmp: Path, n_layers: int) -> None:
     """The run's memory settings; a budget_file is copied in and named relative to the model folder."""
     from omnimem_train.memory.budgets import read_budget_file
 
-    memory = dict(source.memory)
     if source.budget_file is not None:
         read_budget_file(source.budget_file, n_layers)  # ConfigError naming the file if it does not fit
-        shutil.copyfile(source.budget_file, tmp / BUDGET_FILE)
-        memory["budget_file"] = BUDGET_FILE
-    (tmp / MEMORY_FILE).write_text(json.dumps(memory, indent=2) + "\n")
+    write_memory_settings(tmp, source.memory, source.budget_file)
 
 
 def _check_shard_size(value: str) -> None:

@@ -19,9 +19,9 @@ from pathlib import Path
 import yaml
 
 from omnimem_train.errors import ConfigError, ModelError, first_line
+from omnimem_train.memory.settings import MEMORY_FILE, read_memory_settings
 
 RUN_CONFIG = "config.yaml"
-MEMORY_FILE = "omnimem_memory.json"  # the trainer's MEMORY_FILE (not imported: that pulls in HF Trainer)
 ADAPTER_FILE = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 FULL_FILE = "model.safetensors"
@@ -119,13 +119,7 @@ def _read_memory(folder: Path, cfg: dict) -> dict:
     f = folder / MEMORY_FILE
     if not f.is_file():
         return {"compression": cfg.get("compression", "streaming"), **(cfg.get("memory") or {})}
-    try:
-        memory = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{f}: unreadable memory settings ({first_line(e)})") from e
-    if not isinstance(memory, dict):
-        raise ConfigError(f"{f}: expected a JSON object of memory settings")
-    return memory
+    return read_memory_settings(f)
 
 
 def _resolve_budget_file(folder: Path, memory: dict) -> Path | None:

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
 
-from omnimem_train.config.load import config_to_dict, save_config
+from omnimem_train.config.load import save_config
+from omnimem_train.memory.settings import memory_settings, write_memory_settings
 from omnimem_train.models.prompt import LETTERS, option_text
 from omnimem_train.train.objective import Example
 
-MEMORY_FILE = "omnimem_memory.json"
-BUDGET_FILE = "omnimem_budget.json"  # a budget_file, copied next to the weights (relative in MEMORY_FILE)
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -39,12 +37,6 @@ def _answer(row: dict, answer_format: str) -> str:
     if not row["options"]:
         return row["answer_text"]
     return option_text(list(row["options"]), LETTERS.index(row["answer"]), answer_format)
-
-
-def memory_settings(cfg) -> dict:
-    """The memory settings a trained model should be served with (read back by inference)."""
-    m = config_to_dict(cfg)["memory"]
-    return {"compression": cfg.compression, **m}
 
 
 class StreamingTrainer(Trainer):
@@ -80,10 +72,7 @@ class StreamingTrainer(Trainer):
         if self.run_cfg is not None:
             save_config(self.run_cfg, output_dir)
             settings = memory_settings(self.run_cfg)
-            if settings.get("budget_file"):  # the run folder serves on its own: keep the budgets with it
-                shutil.copyfile(settings["budget_file"], Path(output_dir, BUDGET_FILE))
-                settings["budget_file"] = BUDGET_FILE
-            Path(output_dir, MEMORY_FILE).write_text(json.dumps(settings, indent=2))
+            write_memory_settings(output_dir, settings, settings.get("budget_file"))
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):

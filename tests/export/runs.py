@@ -1,7 +1,6 @@
 """Trained folders made without training, saved the way `StreamingTrainer._save` saves them, a tiny
 full Qwen2.5-Omni base, and reference logits computed independently of `omnimem_train.export`."""
 
-import json
 from pathlib import Path
 
 import torch
@@ -14,9 +13,9 @@ RECIPE = "recipes/train/tiny_cpu.yaml"
 def save_like_trainer(folder: Path, base: str, finetuning_type: str = "lora", seed: int = 0, **memory) -> Path:
     """A run folder as `StreamingTrainer._save` writes it, without training: LoRA with random B
     (so the merge changes the weights), or the base's weights perturbed (full fine-tuning)."""
+    from omnimem_train.memory.settings import memory_settings, write_memory_settings
     from omnimem_train.models.load import load_adapter
     from omnimem_train.train.lora import prepare_model
-    from omnimem_train.train.trainer import MEMORY_FILE, memory_settings
 
     overrides = [f"model_name_or_path={base}", f"output_dir={folder}", f"finetuning_type={finetuning_type}"]
     cfg = load_config(RECIPE, overrides + [f"memory.{k}={v}" for k, v in memory.items()])
@@ -32,7 +31,7 @@ def save_like_trainer(folder: Path, base: str, finetuning_type: str = "lora", se
     inner.save_pretrained(str(folder))
     adapter.tokenizer.save_pretrained(str(folder))
     save_config(cfg, folder)
-    (folder / MEMORY_FILE).write_text(json.dumps(memory_settings(cfg), indent=2))
+    write_memory_settings(folder, memory_settings(cfg))  # budget_file, if any, left where it is
     return folder
 
 
