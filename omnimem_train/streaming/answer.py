@@ -41,6 +41,22 @@ def iter_generate(engine: StreamingEngine, state: StreamState, question_ids: lis
             logits = engine.forward(state, ad.text_piece([tok], state.next_pos), want_logits="last")
 
 
+def iter_text(tokenizer, token_ids: Iterator[int], ids: list[int] | None = None) -> Iterator[str]:
+    """The newly decodable text after each token (byte-level BPE can split a character over tokens),
+    then whatever the last tokens complete. `ids`, if given, collects the token ids consumed."""
+    ids = [] if ids is None else ids
+    text = ""
+    for token in token_ids:
+        ids.append(token)
+        new = tokenizer.decode(ids, skip_special_tokens=True)
+        if not new.endswith("\ufffd") and len(new) > len(text):
+            yield new[len(text):]
+            text = new
+    final = tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
+    if len(final) > len(text):
+        yield final[len(text):]
+
+
 @torch.no_grad()
 def score_options(engine: StreamingEngine, state: StreamState, question_ids: list[int],
                   options_ids: list[list[int]]) -> list[float]:

@@ -11,7 +11,7 @@ import torch
 from omnimem_train.memory.report import MemoryReport
 from omnimem_train.models.base import MediaInput
 from omnimem_train.models.prompt import LETTERS, format_question, option_text, split_chat_prompt
-from omnimem_train.streaming.answer import generate, score_options
+from omnimem_train.streaming.answer import iter_generate, iter_text, score_options
 from omnimem_train.streaming.engine import StreamingEngine, StreamState
 
 
@@ -49,20 +49,8 @@ def answer_question(engine: StreamingEngine, media: MediaInput, question: str, o
         scores = score_options(engine, state, q_ids, opts)
         best = max(range(len(options)), key=scores.__getitem__)
         return InferResult(f"{LETTERS[best]}. {options[best]}", report, seconds, scores, LETTERS[best])
-    decoder = _IncrementalDecoder(ad.tokenizer, on_text)
-    ids = generate(engine, state, q_ids, max_new_tokens, ad.eos_token_ids, on_token=decoder)
+    ids: list[int] = []
+    for text in iter_text(ad.tokenizer, iter_generate(engine, state, q_ids, max_new_tokens, ad.eos_token_ids), ids):
+        if on_text is not None:
+            on_text(text)
     return InferResult(ad.tokenizer.decode(ids, skip_special_tokens=True), report, seconds)
-
-
-class _IncrementalDecoder:
-    """Emit the newly decodable text after each token (byte-level BPE can split characters)."""
-
-    def __init__(self, tokenizer, sink: Callable[[str], None] | None):
-        self.tok, self.sink, self.ids, self.text = tokenizer, sink, [], ""
-
-    def __call__(self, token: int) -> None:
-        self.ids.append(token)
-        text = self.tok.decode(self.ids, skip_special_tokens=True)
-        if self.sink is not None and not text.endswith("\ufffd"):
-            self.sink(text[len(self.text):])
-            self.text = text

@@ -71,7 +71,7 @@ from omnimem_train.models.prompt import (
     split_chat_prompt,
 )
 from omnimem_train.models.qwen2_5_omni import ChunkCounter, Qwen2_5OmniAdapter
-from omnimem_train.streaming.answer import iter_generate, score_options
+from omnimem_train.streaming.answer import iter_generate, iter_text, score_options
 from omnimem_train.streaming.engine import StreamingEngine, StreamState
 from omnimem_train.streaming.grouping import Grouper
 
@@ -199,7 +199,7 @@ class StreamSession:
             best = max(range(len(options)), key=scores.__getitem__)
             return Answer(iter([f"{LETTERS[best]}. {options[best]}"]), report, scores, LETTERS[best])
         ids = iter_generate(engine, state, q_ids, max_new_tokens or self.max_new_tokens, self.adapter.eos_token_ids)
-        return Answer(_text_pieces(tok, ids), report)
+        return Answer(iter_text(tok, ids), report)
 
     def memory_report(self) -> MemoryReport:
         """The committed memory (what the stream has left behind; a question's snapshot adds the
@@ -227,20 +227,6 @@ class Answer:
     @property
     def text(self) -> str:
         return "".join(self)
-
-
-def _text_pieces(tokenizer, token_ids: Iterator[int]) -> Iterator[str]:
-    """The newly decodable text after each token (byte-level BPE can split a character over tokens)."""
-    ids, text = [], ""
-    for token in token_ids:
-        ids.append(token)
-        new = tokenizer.decode(ids, skip_special_tokens=True)
-        if not new.endswith("\ufffd") and len(new) > len(text):
-            yield new[len(text):]
-            text = new
-    final = tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
-    if len(final) > len(text):
-        yield final[len(text):]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -62,3 +62,17 @@ def test_the_two_formats_score_different_texts(llama):
     default = answer_question(engine, MediaInput(context=list(CONTEXT)), "What is shown?", OPTIONS,
                               system_prompt="sys").option_scores
     assert default == pytest.approx(scores["letter"], abs=1e-6)
+
+
+def test_streamed_text_pieces_add_up_to_the_decoded_answer():
+    from omnimem_train.models.builtin import build_tokenizer
+    from omnimem_train.streaming.answer import iter_text
+
+    tok = build_tokenizer()
+    for s in ["green", "A. red", "naïve café ü", "é"]:
+        ids = tok(s, add_special_tokens=False)["input_ids"]
+        for cut in range(1, len(ids) + 1):  # ending mid-character too
+            seen: list[int] = []
+            pieces = list(iter_text(tok, iter(ids[:cut]), seen))
+            assert "".join(pieces) == tok.decode(ids[:cut], skip_special_tokens=True)
+            assert seen == ids[:cut] and all(pieces)
