@@ -141,14 +141,10 @@ def cell_config(cfg, cell: Cell):
 # files
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
-
-
 def _write_if_changed(path: Path, text: str) -> bool:
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return False
-    _write_atomic(path, text)
+    atomic_write_text(path, text)
     return True
 
 
@@ -233,10 +229,10 @@ def run_cell(adapter, cfg, cell: Cell, samples: list, err: TextIO = sys.stderr) 
             "stream_seconds": result.stream_seconds, "seconds": seconds,
         }
         records.append(rec)
-    _write_atomic(out / PREDICTIONS, "".join(json.dumps(r) + "\n" for r in records))
+    atomic_write_text(out / PREDICTIONS, "".join(json.dumps(r) + "\n" for r in records))
     metrics = {**cell.identity(), **compute_metrics(records), "model": cfg.model_name_or_path,
                "manifest": cfg.eval.manifest, "split": cfg.eval.split}
-    _write_atomic(out / METRICS, _json(metrics))
+    atomic_write_text(out / METRICS, _json(metrics))
     return metrics
 
 

@@ -47,6 +47,11 @@ class StreamPiece:
     def __len__(self) -> int:
         return self.embeds.shape[0]
 
+    @property
+    def is_text(self) -> bool:
+        """Every token is text (a prompt or delimiter piece, embedded from `token_ids`)."""
+        return bool((self.modality == int(Modality.TEXT)).all())
+
     def slice(self, start: int, stop: int) -> StreamPiece:
         ids = None if self.token_ids is None else self.token_ids[start:stop]
         end = self.end_s if stop >= len(self) else None
@@ -128,7 +133,7 @@ class ModelAdapter(ABC):
     def reembed(self, piece: StreamPiece) -> StreamPiece:
         """A text-only piece with embeddings freshly looked up from its ids (so they carry gradient
         to a trainable embedding table); any other piece unchanged."""
-        if piece.token_ids is None or not bool((piece.modality == int(Modality.TEXT)).all()):
+        if piece.token_ids is None or not piece.is_text:
             return piece
         return StreamPiece(self.embed_ids(piece.token_ids), piece.modality, piece.positions, piece.end_s,
                            piece.token_ids)

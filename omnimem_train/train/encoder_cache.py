@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from omnimem_train.models.base import Modality, ModelAdapter, StreamPiece
+from omnimem_train.models.base import ModelAdapter, StreamPiece
 
 Key = tuple
 
@@ -49,12 +49,8 @@ class EncoderCache:
         return [self.adapter.reembed(p) for p in pieces], dict(expected)
 
 
-def _is_text(piece: StreamPiece) -> bool:
-    return bool((piece.modality == int(Modality.TEXT)).all())
-
-
 def _frozen(piece: StreamPiece) -> StreamPiece:
-    if _is_text(piece):
+    if piece.is_text:
         if piece.token_ids is None:
             raise ValueError("EncoderCache: a text piece without token ids cannot be re-embedded")
         embeds = piece.embeds[:0].detach()  # ids are enough: re-embedded on use
