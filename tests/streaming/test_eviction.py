@@ -1,7 +1,6 @@
 """Eviction plumbing: per-layer budgets hold after every group, text and positions survive, and
 decoding after eviction uses the original positions."""
 
-import numpy as np
 import pytest
 import torch
 from transformers import DynamicCache
@@ -10,6 +9,7 @@ from omnimem_train.memory.registry import make_policy
 from omnimem_train.models.base import MediaInput, Modality
 from omnimem_train.models.prompt import split_chat_prompt
 from omnimem_train.streaming.engine import StreamingEngine
+from tests.memory.streams import random_media
 from tests.streaming.omni_inputs import full_inputs
 
 
@@ -19,10 +19,7 @@ def _recent(ad, budget):
 
 
 def _omni_media(seconds=6.0, seed=0):
-    rng = np.random.default_rng(seed)
-    frames = rng.integers(0, 256, (int(seconds * 2), 56, 56, 3), dtype=np.uint8)
-    mel = rng.standard_normal((128, int(seconds * 100))).astype(np.float32)
-    return frames, mel
+    return random_media(seconds, seed=seed)
 
 
 def _pieces(ad, frames, mel, prefix):

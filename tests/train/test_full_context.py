@@ -14,6 +14,7 @@ from omnimem_train.models.text_lm import TextLMAdapter
 from omnimem_train.streaming.answer import answer_loss
 from omnimem_train.streaming.engine import StreamingEngine
 from omnimem_train.train.full_context import Sequence, full_context_loss, pad_batch
+from tests.memory.streams import random_media
 
 QUESTIONS = [
     ("What colour?\nA. red\nB. blue", "B. blue"),
@@ -23,9 +24,7 @@ QUESTIONS = [
 
 
 def _omni_media(seed, seconds):
-    rng = np.random.default_rng(seed)
-    frames = rng.integers(0, 256, (int(seconds * 2), 56, 56, 3), dtype=np.uint8)
-    mel = rng.standard_normal((128, int(seconds * 100))).astype(np.float32)
+    frames, mel = random_media(seconds, seed=seed)
     return MediaInput(frames=iter(frames), fps=2.0, mel_windows=iter([mel]), duration_s=len(frames) / 2)
 
 

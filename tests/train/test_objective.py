@@ -1,7 +1,6 @@
 """Training through the streaming forward: exact with an unlimited budget, gradients reach earlier
 groups through the retained memory, and per-group checkpointing changes nothing."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,6 +14,7 @@ from omnimem_train.models.qwen2_5_omni import Qwen2_5OmniAdapter
 from omnimem_train.streaming.answer import answer_loss
 from omnimem_train.streaming.engine import StreamingEngine
 from omnimem_train.train.lora import prepare_model
+from tests.memory.streams import random_media
 from tests.streaming.omni_inputs import full_inputs
 
 
@@ -30,10 +30,7 @@ def lora_omni():
 
 
 def _media(seed=0, seconds=4.0):
-    rng = np.random.default_rng(seed)
-    frames = rng.integers(0, 256, (int(seconds * 2), 56, 56, 3), dtype=np.uint8)
-    mel = rng.standard_normal((128, int(seconds * 100))).astype(np.float32)
-    return frames, mel
+    return random_media(seconds, seed=seed)
 
 
 def _stream(ad, frames, mel, prefix):
