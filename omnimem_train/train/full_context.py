@@ -29,7 +29,9 @@ def full_context_loss(adapter: ModelAdapter, seqs: list[Sequence]) -> torch.Tens
     """Mean over examples of the mean answer-token CE; one decoder forward of shape (B, L_max, D)."""
     rows, spans = [], []
     for s in seqs:
-        next_pos = int(torch.cat([p.positions for p in s.pieces], dim=1).max()) + 1 if s.pieces else 0
+        # Where the engine continues text after a stream (`StreamState.next_pos`): after the last token.
+        tail = [p for p in s.pieces if len(p)]
+        next_pos = int(tail[-1].positions[:, -1].max()) + 1 if tail else 0
         ids = list(s.question_ids) + list(s.answer_ids)
         row = StreamPiece.cat([*s.pieces, adapter.text_piece(ids[:-1], next_pos)])
         rows.append(row)
