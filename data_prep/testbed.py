@@ -417,33 +417,44 @@ def _latin_blocks(rng: np.random.Generator, num: int) -> list[tuple[int, int]]:
     return out[:num]
 
 
-def split_samples(out_dir: str | Path, spec: TestbedSpec, seed: int, split: str, num: int) -> list[Sample]:
-    """The manifest samples of `split` (clips under `out_dir/<split>/clips`), without writing media."""
+def split_samples(out_dir: str | Path, spec: TestbedSpec, seed: int, split: str, num: int,
+                  questions: int = 1) -> list[Sample]:
+    """The manifest samples of `split` (clips under `out_dir/<split>/clips`), without writing media.
+
+    `questions` per clip (1-4, of distinct types): with 1, clip i's type and letter come from the
+    Latin-square blocks over clips; with k > 1, clip i takes k pairs of its own block (distinct
+    types and letters; with k = 4 every type once, at four different letters). Ids get a `-q<j>`
+    suffix when k > 1; the clips (and their seeds) do not depend on k.
+    """
+    if not 1 <= questions <= len(QUESTION_TYPES):
+        raise ValueError(f"questions per clip must be in [1, {len(QUESTION_TYPES)}], got {questions}")
     out = Path(out_dir).absolute()
     rng = np.random.default_rng([seed, SPLITS.index(split), 7])
-    assignment = _latin_blocks(rng, num)
+    k = len(QUESTION_TYPES)
+    pairs = _latin_blocks(rng, num * (k if questions > 1 else 1))
     samples = []
-    for i, (qtype, letter) in enumerate(assignment):
+    for i in range(num):
         s_seed = split_seed(seed, split, i)
         plan = plan_sample(spec, s_seed)
-        question, options, answer = make_question(
-            spec, plan["events"], QUESTION_TYPES[qtype], letter, np.random.default_rng([s_seed, 2])
-        )
-        samples.append(
-            Sample(
-                id=f"testbed-{split}-{i:06d}",
-                video=str(out / split / "clips" / f"{split}_{i:06d}.mp4"),
-                duration=float(spec.seconds),
-                question=question,
-                options=options,
-                answer=answer,
-                question_type=QUESTION_TYPES[qtype],
-                split=split,
-                media={"has_audio": True, "fps": float(spec.fps), "width": spec.width, "height": spec.height},
-                events=plan["events"],
-                extra={"seed": s_seed},
+        chosen = [pairs[i]] if questions == 1 else pairs[k * i : k * i + questions]
+        for j, (qtype, letter) in enumerate(chosen):
+            q_rng = np.random.default_rng([s_seed, 2] if j == 0 else [s_seed, 2, j])
+            question, options, answer = make_question(spec, plan["events"], QUESTION_TYPES[qtype], letter, q_rng)
+            samples.append(
+                Sample(
+                    id=f"testbed-{split}-{i:06d}" + (f"-q{j}" if questions > 1 else ""),
+                    video=str(out / split / "clips" / f"{split}_{i:06d}.mp4"),
+                    duration=float(spec.seconds),
+                    question=question,
+                    options=options,
+                    answer=answer,
+                    question_type=QUESTION_TYPES[qtype],
+                    split=split,
+                    media={"has_audio": True, "fps": float(spec.fps), "width": spec.width, "height": spec.height},
+                    events=plan["events"],
+                    extra={"seed": s_seed},
+                )
             )
-        )
     return samples
 
 
@@ -470,8 +481,12 @@ def generate_testbed(
     spec: TestbedSpec | None = None,
     seed: int = 0,
     log=None,
+    train_questions: int = 1,
 ) -> dict[str, Path]:
     """Write (or reuse) the testbed in `out_dir`; returns {split: that split's manifest}.
+
+    `train_questions`: questions per training clip (1-4, distinct types; `split_samples`); the val
+    and test splits keep one per clip.
 
     `out_dir/manifest.jsonl` holds all splits (the recipes read it with dataset_split). Idempotent:
     the same arguments with every file present write nothing; the same spec and seed reuse the
@@ -491,8 +506,9 @@ def generate_testbed(
         raise ConfigError(f"{manifest}: exists and was not written by data_prep.testbed; use another folder")
 
     content = {"version": _VERSION, "spec": spec.to_json(), "seed": seed}
-    args = {**content, "counts": counts}
-    samples = {split: split_samples(out, spec, seed, split, n) for split, n in counts.items()}
+    args = {**content, "counts": counts, **({"train_questions": train_questions} if train_questions != 1 else {})}
+    samples = {split: split_samples(out, spec, seed, split, n, train_questions if split == "train" else 1)
+               for split, n in counts.items()}
     paths = {split: out / split / "manifest.jsonl" for split in SPLITS}
     everything = [s for split in SPLITS for s in samples[split]]
     if (
@@ -517,7 +533,7 @@ def generate_testbed(
             if not reuse or old.name not in keep:
                 old.unlink()
         for s in samples[split]:
-            if not Path(s.video).is_file():
+            if not Path(s.video).is_file():  # a clip's later questions find it written
                 render_sample(spec, plan_sample(spec, s.extra["seed"]), s.video)
                 made += 1
                 if log and made % 50 == 0:
@@ -539,6 +555,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val", type=int, default=20, help="validation clips")
     parser.add_argument("--test", type=int, default=50, help="test clips")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-questions", type=int, default=1,
+                        help="questions per training clip (1-4, distinct types; val/test keep 1)")
     d = TestbedSpec()
     parser.add_argument("--seconds", type=float, default=d.seconds, help="length of each clip")
     parser.add_argument("--width", type=int, default=d.width, help="frame width (multiple of 28)")
@@ -571,7 +589,8 @@ def main(argv: list[str] | None = None) -> None:
             model_max_pixels=args.model_max_pixels,
         )
         paths = generate_testbed(
-            args.out, args.train, args.val, args.test, spec, args.seed, log=lambda m: print(m, flush=True)
+            args.out, args.train, args.val, args.test, spec, args.seed, log=lambda m: print(m, flush=True),
+            train_questions=args.train_questions,
         )
     except ValueError as e:
         parser.error(str(e))

@@ -45,6 +45,8 @@ class TestbedSection:
     visual_events: int = 2
     audio_events: int = 2
     box_fraction: float = field(default=0.5, metadata={"help": "square side / frame side"})
+    train_questions: int = field(default=1, metadata={"help": "questions per training clip (1-4, distinct "
+                                                              "types; test/val keep 1)"})
 
     def __post_init__(self) -> None:
         _require(isinstance(self.out, str) and self.out != "", "out", self.out, "a folder path")
@@ -53,6 +55,8 @@ class TestbedSection:
         _int(self, "val", ge=0)
         _int(self, "seed")
         _number(self, "seconds", gt=0)
+        _int(self, "train_questions", ge=1)
+        _require(self.train_questions <= 4, "train_questions", self.train_questions, "1 to 4")
 
     def spec(self):
         from data_prep.testbed import TestbedSpec
@@ -144,7 +148,7 @@ def run_pipeline(pcfg: PipelineConfig, out=None) -> dict:
     n = 4 if tune else 3
     t0 = time.perf_counter()
     say(f"[1/{n}] testbed: {tb.train} train / {tb.val} val / {tb.test} test clips of {tb.seconds:g} s -> {tb.out}")
-    generate_testbed(tb.out, tb.train, tb.val, tb.test, tb.spec(), tb.seed, log=say)
+    generate_testbed(tb.out, tb.train, tb.val, tb.test, tb.spec(), tb.seed, log=say, train_questions=tb.train_questions)
     times["testbed_s"] = round(time.perf_counter() - t0, 1)
 
     t0 = time.perf_counter()

@@ -20,6 +20,7 @@ from omnimem_train.models.prompt import ANSWER_FORMATS
 DTYPES = ("float32", "bfloat16", "float16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 AUDIO_MODES = ("auto", "required", "off")
+TRAIN_ENCODERS = ("none", "audio", "vision", "all")
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -322,10 +323,22 @@ class Config:
         metadata={"help": "comma-separated LLM-decoder projections (q/k/v/o_proj, gate/up/down_proj); "
                           "anchored to the language-model layers, never the audio/vision towers"},
     )
-    train_encoders: bool = field(default=False, metadata={"help": "also train audio/vision towers (full fine-tuning)"})
+    train_encoders: str = field(
+        default="none",
+        metadata={"help": "towers trained next to the LLM (full fine-tuning): " + " | ".join(TRAIN_ENCODERS)
+},
+    )
     cache_encoder_outputs: bool = field(
         default=False,
-        metadata={"help": "keep each clip's frozen-encoder outputs in RAM across epochs (needs train_encoders: false)"},
+        metadata={"help": "keep each clip's frozen-encoder outputs in RAM across epochs (with train_encoders: "
+                          "audio, its log-mel input instead, re-encoded on every use); needs train_encoders "
+                          "none or audio"},
+    )
+    group_by_media: bool = field(
+        default=True,
+        metadata={"help": "when the data set has several questions per clip, order rows clip by clip (clips "
+                          "shuffled per epoch) so a batch holds a clip's questions together; compression: none "
+                          "then runs the clip once for all of them"},
     )
     deepspeed: str | None = field(default=None, metadata={"help": "zero2 | zero3 | path to a DeepSpeed JSON"})
     per_device_train_batch_size: int = field(default=1, metadata={"help": "samples per device per step"})
@@ -378,10 +391,15 @@ class Config:
         _choice(self, "report_to", ("wandb", "none"))
         _int(self, "dataloader_num_workers", ge=0)
         _bool(self, "cache_encoder_outputs")
-        _require(not (self.cache_encoder_outputs and self.train_encoders), "cache_encoder_outputs",
-                 self.cache_encoder_outputs, "false while train_encoders is true (trained encoders change)",
+        _bool(self, "group_by_media")
+        _choice(self, "train_encoders", TRAIN_ENCODERS)
+        # A cached stream holds vision-tower outputs; only the audio tower (whose input, the log-mel,
+        # is small enough to keep) can train on top of it.
+        _require(not (self.cache_encoder_outputs and self.train_encoders in ("vision", "all")),
+                 "cache_encoder_outputs", self.cache_encoder_outputs,
+                 f"false while train_encoders is {self.train_encoders} (a trained vision tower changes its outputs)",
                  related=("train_encoders",))
         # peft saves only adapter tensors: towers trained next to LoRA would be silently lost at save.
-        _require(not (self.train_encoders and self.finetuning_type == "lora"), "train_encoders",
-                 self.train_encoders, "false with finetuning_type lora (train the towers with finetuning_type "
+        _require(not (self.train_encoders != "none" and self.finetuning_type == "lora"), "train_encoders",
+                 self.train_encoders, "none with finetuning_type lora (train the towers with finetuning_type "
                  "full; a LoRA checkpoint holds only the adapter)", related=("finetuning_type",))

@@ -173,8 +173,9 @@ class ModelAdapter(ABC):
         return (q * cos + rotated * sin)[0]
 
     def decoder_hidden(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """One batched full-context pass: (B, L, D) embeds, (P, B, L) positions, (B, L) padding mask
-        (1 = token) -> (B, L, D) final-normed hidden states (causal, no cache)."""
+        """One batched full-context pass: (B, L, D) embeds, (P, B, L) positions, and either a (B, L)
+        padding mask (1 = token; causal attention) or a (B, 1, L, L) additive mask used as it is
+        (`train.full_context.packed_mask`) -> (B, L, D) final-normed hidden states (no cache)."""
         pos = positions if self.position_dims == 3 else positions[0]
         out = self.backbone(inputs_embeds=embeds, position_ids=pos, attention_mask=mask, use_cache=False)
         return out.last_hidden_state

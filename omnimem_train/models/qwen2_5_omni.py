@@ -191,6 +191,15 @@ class Qwen2_5OmniAdapter(ModelAdapter):
         if pending.shape[0]:
             yield self._audio_piece(pending, st + emitted)
 
+    def encode_audio_windows(self, mel_windows) -> torch.Tensor:
+        """Log-mel windows (n_mels, T_i) of a whole stream -> (n_audio_tokens, D): every audio token of
+        the stream in order, the same values `stream` puts in its audio pieces (a trained audio tower
+        re-encodes a cached stream's audio with this)."""
+        parts = [self._encode_audio(block) for block in self._mel_blocks(mel_windows)]
+        if not parts:
+            return torch.zeros(0, self.embed_tokens.embedding_dim, device=self.device, dtype=self.dtype)
+        return torch.cat(parts)
+
     def _encode_audio(self, mel: np.ndarray) -> torch.Tensor:
         """(n_mels, T) log-mel -> (n_tokens, D) audio embeddings."""
         t = mel.shape[1]

@@ -5,6 +5,11 @@ compute the same thing (tests/streaming check streaming == one full forward). Tr
 *uncompressed* base model therefore runs each batch as one right-padded forward of the decoder on
 (stream + question + answer) embeddings with the stream's own positions (TMRoPE for Omni), and the
 loss of each example is the mean CE over its answer tokens, exactly `streaming.answer.answer_loss`.
+
+Several questions about one stream share it: the row is packed as stream, Q1 A1, Q2 A2, ... and a
+4-D attention mask lets each question+answer see the stream and itself only; every question starts
+at the position that follows the stream. Each question's loss is the one it would have alone (tested),
+at the cost of one stream instead of k.
 """
 
 from __future__ import annotations
@@ -18,32 +23,50 @@ from omnimem_train.models.base import ModelAdapter, StreamPiece
 
 @dataclass
 class Sequence:
-    """One example: its context pieces (prefix + media), then question ids and answer ids."""
+    """One stream: its context pieces (prefix + media), then (question ids, answer ids) pairs."""
 
     pieces: list[StreamPiece]
-    question_ids: list[int]
-    answer_ids: list[int]
+    questions: list[tuple[list[int], list[int]]]
 
 
 def full_context_loss(adapter: ModelAdapter, seqs: list[Sequence]) -> torch.Tensor:
-    """Mean over examples of the mean answer-token CE; one decoder forward of shape (B, L_max, D)."""
-    rows, spans = [], []
-    for s in seqs:
+    """Mean over all questions of the mean answer-token CE; one decoder forward of shape (B, L_max, D)."""
+    rows, segments, spans = [], [], []
+    for b, s in enumerate(seqs):
         # Where the engine continues text after a stream (`StreamState.next_pos`): after the last token.
         tail = [p for p in s.pieces if len(p)]
         next_pos = int(tail[-1].positions[:, -1].max()) + 1 if tail else 0
-        ids = list(s.question_ids) + list(s.answer_ids)
-        row = StreamPiece.cat([*s.pieces, adapter.text_piece(ids[:-1], next_pos)])
-        rows.append(row)
-        spans.append((len(row) - len(s.answer_ids), s.answer_ids))
-    embeds, positions, mask = pad_batch(rows)
-    hidden = adapter.decoder_hidden(embeds, positions, mask)  # (B, L, D)
+        parts, seg = list(s.pieces), [0] * sum(len(p) for p in s.pieces)
+        for j, (question, answer) in enumerate(s.questions, start=1):
+            ids = list(question) + list(answer)
+            parts.append(adapter.text_piece(ids[:-1], next_pos))
+            seg += [j] * (len(ids) - 1)
+            spans.append((b, len(seg) - len(answer), answer))
+        rows.append(StreamPiece.cat(parts))
+        segments.append(seg)
+    embeds, positions, pad = pad_batch(rows)
+    hidden = adapter.decoder_hidden(embeds, positions, packed_mask(segments, pad, embeds.dtype))  # (B, L, D)
     losses = []
-    for b, (start, answer) in enumerate(spans):
+    for b, start, answer in spans:
         logits = adapter.lm_head(hidden[b, start : start + len(answer)])
         target = torch.tensor(answer, device=logits.device)
         losses.append(torch.nn.functional.cross_entropy(logits.float(), target))
     return torch.stack(losses).mean()
+
+
+def packed_mask(segments: list[list[int]], pad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 1, L, L) additive mask: token i sees token j <= i of the stream (segment 0) or of its own
+    segment; padding sees only itself (a row with nothing to attend to would give NaN)."""
+    seg = torch.full(pad.shape, -1, dtype=torch.long, device=pad.device)
+    for b, s in enumerate(segments):
+        seg[b, : len(s)] = torch.tensor(s, dtype=torch.long)
+    n = pad.shape[1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=pad.device).tril()
+    same = (seg[:, :, None] == seg[:, None, :]) | (seg[:, None, :] == 0)
+    real = pad.bool()
+    allowed = causal & same & real[:, :, None] & real[:, None, :] | torch.eye(n, dtype=torch.bool, device=pad.device)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=pad.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)
 
 
 def pad_batch(rows: list[StreamPiece]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

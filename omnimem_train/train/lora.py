@@ -3,7 +3,7 @@
 The LoRA target is a regex anchored to the language-model layers — `model.language_model.layers.N`
 (Qwen2.5-Omni thinker, transformers 5.24) or `model.layers.N` (Llama/Qwen2) — because a plain
 module-name list like ["q_proj", "k_proj", "v_proj"] would also hit the audio tower's attention.
-Encoders and projectors stay frozen unless `train_encoders` is set.
+Encoders and projectors stay frozen unless `train_encoders` names them (full fine-tuning only).
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ PROJECTIONS = {
     "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp",
 }
 ENCODER_PREFIXES = ("model.audio_tower.", "model.visual.")
+# `train_encoders` -> the tower parameters it unfreezes (each tower includes its projection into the LLM).
+TRAINED_PREFIXES = {"none": (), "audio": ("model.audio_tower.",), "vision": ("model.visual.",),
+                    "all": ENCODER_PREFIXES}
 
 
 def lora_target_regex(names: str) -> str:
@@ -34,8 +37,9 @@ def lora_target_regex(names: str) -> str:
 def prepare_model(model: nn.Module, cfg) -> nn.Module:
     """Return the model to train (peft-wrapped for LoRA) with requires_grad set per `cfg`."""
     if cfg.finetuning_type == "full":
+        trained = TRAINED_PREFIXES[cfg.train_encoders]
         for name, p in model.named_parameters():
-            p.requires_grad_(cfg.train_encoders or not name.startswith(ENCODER_PREFIXES))
+            p.requires_grad_(not name.startswith(ENCODER_PREFIXES) or name.startswith(trained))
         return model
     from peft import LoraConfig, get_peft_model
 
@@ -43,12 +47,7 @@ def prepare_model(model: nn.Module, cfg) -> nn.Module:
                       target_modules=lora_target_regex(cfg.lora_target), bias="none")
     with warnings.catch_warnings():  # peft probes a deprecated transformers attribute
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        model = get_peft_model(model, lora)
-    if cfg.train_encoders:
-        for name, p in model.base_model.model.named_parameters():
-            if name.startswith(ENCODER_PREFIXES):
-                p.requires_grad_(True)
-    return model
+        return get_peft_model(model, lora)  # the config refuses trained towers with LoRA
 
 
 def trainable_summary(model: nn.Module) -> str:

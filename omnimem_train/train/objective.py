@@ -4,7 +4,8 @@ tokens only (METHOD §5).
 
 `StreamingObjective` is the module the Trainer (and DeepSpeed/DDP) wraps: its forward takes a batch
 of manifest rows and returns the mean loss, so the distributed wrappers see a normal forward call.
-Selection indices are not differentiated; encoder outputs are detached unless encoders train.
+Selection indices are not differentiated; encoder outputs are detached unless their tower trains
+(`train_encoders`: none | audio | vision | all).
 """
 
 from __future__ import annotations
@@ -58,14 +59,22 @@ class StreamingObjective(nn.Module):
     cache:         an `EncoderCache` for frozen encoders (the clip is decoded and encoded once).
     answer_format: the prompt's answer instruction ("letter" / "option", see `models.prompt`); the
                    example's `answer` must already be written in that format.
+    train_encoders: which towers run with autograd; with "audio" the vision tower runs without it and
+                   the audio is re-encoded from the log-mel (`EncoderCache(train_audio=True)`, which
+                   keeps nothing when no cache is asked for).
     """
 
     def __init__(self, inner: nn.Module, adapter: ModelAdapter, engine: StreamingEngine, media: MediaConfig,
-                 system_prompt: str, checkpoint: bool = True, train_encoders: bool = False,
+                 system_prompt: str, checkpoint: bool = True, train_encoders: str = "none",
                  full_context: bool = False, cache: EncoderCache | None = None, answer_format: str = "letter"):
         super().__init__()
-        if cache is not None and train_encoders:
-            raise ValueError("an encoder cache needs frozen encoders (train_encoders: false)")
+        if cache is not None and train_encoders in ("vision", "all"):
+            raise ValueError("an encoder cache needs a frozen vision tower (train_encoders: none or audio)")
+        if cache is not None and cache.train_audio != (train_encoders == "audio"):
+            raise ValueError(f"an encoder cache with train_audio={cache.train_audio} cannot serve "
+                             f"train_encoders: {train_encoders}")
+        if cache is None and train_encoders == "audio":
+            cache = EncoderCache(adapter, max_items=0, train_audio=True)
         self.inner = inner  # registered: DeepSpeed/DDP and the optimizer see its parameters
         self.adapter, self.engine, self.media = adapter, engine, media
         self.system_prompt, self.checkpoint, self.train_encoders = system_prompt, checkpoint, train_encoders
@@ -75,12 +84,16 @@ class StreamingObjective(nn.Module):
     def forward(self, examples: list[Example]) -> torch.Tensor:
         self.last_reports = []
         if self.full_context:
-            seqs = []
+            # Questions about the same media share one stream (packed, see `train.full_context`).
+            seqs: dict[tuple, Sequence] = {}
             for ex in examples:
-                pieces, _, q_ids, a_ids = self._context(ex)
-                seqs.append(Sequence(list(pieces), q_ids, a_ids))
-                self.last_reports.append(self._full_report(seqs[-1].pieces))
-            return full_context_loss(self.adapter, seqs)
+                prefix, q_ids, a_ids = self._prompt(ex)
+                key = (ex.video, ex.audio, ex.context, tuple(prefix))
+                if key not in seqs:
+                    seqs[key] = Sequence(list(self._stream(ex, prefix)[0]), [])
+                seqs[key].questions.append((q_ids, a_ids))
+                self.last_reports.append(self._full_report(seqs[key].pieces))
+            return full_context_loss(self.adapter, list(seqs.values()))
         losses = []
         for ex in examples:
             loss, report = self.example_loss(ex)
@@ -90,7 +103,8 @@ class StreamingObjective(nn.Module):
 
     def example_loss(self, ex: Example) -> tuple[torch.Tensor, MemoryReport]:
         """One example through the group-wise (compressed) streaming forward."""
-        pieces, expected, q_ids, a_ids = self._context(ex)
+        prefix, q_ids, a_ids = self._prompt(ex)
+        pieces, expected = self._stream(ex, prefix)
         self.engine.policy.expect(expected)
         state, _ = self.engine.prefill(pieces, checkpoint=self.checkpoint)
         return answer_loss(self.engine, state, q_ids, a_ids), state.report()
@@ -103,21 +117,24 @@ class StreamingObjective(nn.Module):
         modality = torch.cat([p.modality for p in pieces]) if pieces else torch.zeros(0, dtype=torch.long)
         return full_context_report(modality, len(ad.decoder_layers), per_token)
 
-    def _context(self, ex: Example) -> tuple[Iterable[StreamPiece], dict, list[int], list[int]]:
-        """-> (stream pieces, expected tokens per modality, question ids, answer ids)."""
-        ad = self.adapter
+    def _prompt(self, ex: Example) -> tuple[list[int], list[int], list[int]]:
+        """-> (prefix ids, question ids, answer ids + eos): the chat prompt split around the media."""
+        tok = self.adapter.tokenizer
         question = format_question(ex.question, ex.options, self.answer_format)
-        prefix, q_ids = split_chat_prompt(ad.tokenizer, self.system_prompt, question)
-        a_ids = ad.tokenizer(ex.answer, add_special_tokens=False)["input_ids"] + [ad.tokenizer.eos_token_id]
+        prefix, q_ids = split_chat_prompt(tok, self.system_prompt, question)
+        return prefix, q_ids, tok(ex.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
 
-        def build() -> tuple[Iterable[StreamPiece], dict]:
-            media, _ = media_input(ad, self.media, ex.video, ex.audio, ex.context)
-            return ad.stream(media, prefix), media.expected_tokens
+    def _stream(self, ex: Example, prefix: list[int]) -> tuple[Iterable[StreamPiece], dict]:
+        """-> (stream pieces of `prefix` + the example's media, expected tokens per modality)."""
+        ad = self.adapter
+
+        def load_media():
+            return media_input(ad, self.media, ex.video, ex.audio, ex.context)[0]
 
         if self.cache is not None:
-            pieces, expected = self.cache.get((ex.video, ex.audio, ex.context, tuple(prefix)), build)
-        else:
-            pieces, expected = build()
-            if not self.train_encoders:
-                pieces = _detached(pieces, ad)
-        return pieces, expected, q_ids, a_ids
+            return self.cache.get((ex.video, ex.audio, ex.context, tuple(prefix)), load_media, prefix)
+        media = load_media()
+        pieces = ad.stream(media, prefix)
+        if self.train_encoders == "none":
+            pieces = _detached(pieces, ad)
+        return pieces, media.expected_tokens

@@ -81,7 +81,7 @@ def build_objective(cfg):
     else:
         engine = StreamingEngine(adapter, build_policy(cfg.memory, len(adapter.decoder_layers)),
                                  cfg.memory.group_size, cfg.memory.group_seconds)
-    cache = EncoderCache(adapter) if cfg.cache_encoder_outputs else None
+    cache = EncoderCache(adapter, train_audio=cfg.train_encoders == "audio") if cfg.cache_encoder_outputs else None
     objective = StreamingObjective(inner, adapter, engine, cfg.media, cfg.generation.system_prompt,
                                    checkpoint=cfg.gradient_checkpointing, train_encoders=cfg.train_encoders,
                                    full_context=cfg.compression == "none", cache=cache,

@@ -19,6 +19,7 @@ from omnimem_train.config.load import save_config
 from omnimem_train.memory.settings import memory_settings, write_memory_settings
 from omnimem_train.models.prompt import LETTERS, option_text
 from omnimem_train.train.objective import Example
+from omnimem_train.train.sampler import MediaGroupedSampler
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -46,6 +47,17 @@ class StreamingTrainer(Trainer):
         # Our loss is already a per-sample mean: let the Trainer divide by accumulation steps.
         self.model_accepts_loss_kwargs = False
         self._memory: list[tuple[float, int]] = []
+
+    def _get_train_sampler(self, train_dataset=None):
+        """Clip by clip (`train.sampler`) when `group_by_media` is on and some clip has several rows."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.run_cfg is not None and self.run_cfg.group_by_media and dataset is not None:
+            keys = list(zip(dataset["video"], dataset["audio"],
+                            (json.loads(e or "{}").get("context") for e in dataset["extra"])))
+            if len(set(keys)) < len(keys):
+                return MediaGroupedSampler(keys, self.args.data_seed if self.args.data_seed is not None
+                                           else self.args.seed)
+        return super()._get_train_sampler(train_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = model(inputs)

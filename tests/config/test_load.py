@@ -210,15 +210,22 @@ def test_answer_format_choice(tmp_path):
     assert "fmt.yaml" in message and "'generation.answer_format'" in message and "'words'" in message
 
 
-def test_encoder_cache_needs_frozen_encoders(tmp_path):
+def test_encoder_cache_needs_a_frozen_vision_tower(tmp_path):
     assert load_config(None, ["cache_encoder_outputs=true"]).cache_encoder_outputs is True
-    assert load_config(None, ["finetuning_type=full", "train_encoders=true"]).cache_encoder_outputs is False
-    message = _error(None, ["train_encoders=true"])  # with LoRA (the default) the towers would not be saved
-    assert "'train_encoders'" in message and "finetuning_type" in message
-    message = _error(None, ["train_encoders=true", "cache_encoder_outputs=true"])
-    assert "'cache_encoder_outputs'" in message and "train_encoders" in message
-    message = _error(_write(tmp_path, "train_encoders: true\ncache_encoder_outputs: true\n", "cache.yaml"))
+    assert load_config(None, ["finetuning_type=full", "train_encoders=all"]).cache_encoder_outputs is False
+    cfg = load_config(None, ["finetuning_type=full", "train_encoders=audio", "cache_encoder_outputs=true"])
+    assert (cfg.train_encoders, cfg.cache_encoder_outputs) == ("audio", True)  # the log-mel is cached
+    for towers in ("audio", "vision", "all"):  # with LoRA (the default) the towers would not be saved
+        message = _error(None, [f"train_encoders={towers}"])
+        assert "'train_encoders'" in message and "finetuning_type" in message
+    for towers in ("vision", "all"):
+        message = _error(None, ["finetuning_type=full", f"train_encoders={towers}", "cache_encoder_outputs=true"])
+        assert "'cache_encoder_outputs'" in message and "train_encoders" in message
+    message = _error(_write(tmp_path, "finetuning_type: full\ntrain_encoders: all\ncache_encoder_outputs: true\n",
+                            "cache.yaml"))
     assert "cache.yaml" in message and "'cache_encoder_outputs'" in message
+    message = _error(_write(tmp_path, "train_encoders: true\n", "bool.yaml"))  # the old boolean form
+    assert "bool.yaml" in message and "'train_encoders'" in message
 
 
 def test_missing_recipe(tmp_path):

@@ -51,7 +51,10 @@ def test_config_nests_the_sections():
         (MemoryConfig, {"group_seconds": 0.0}, "group_seconds"),
         (GenerationConfig, {"max_new_tokens": 0}, "max_new_tokens"),
         (GenerationConfig, {"answer_format": "bogus"}, "answer_format"),
-        (Config, {"cache_encoder_outputs": True, "train_encoders": True}, "cache_encoder_outputs"),
+        (Config, {"cache_encoder_outputs": True, "train_encoders": "vision", "finetuning_type": "full"},
+         "cache_encoder_outputs"),
+        (Config, {"train_encoders": True}, "train_encoders"),
+        (Config, {"train_encoders": "towers"}, "train_encoders"),
         (Config, {"cache_encoder_outputs": "yes"}, "cache_encoder_outputs"),
     ],
 )

@@ -185,6 +185,33 @@ def test_questions_balanced_and_correct(tmp_path):
     assert len({tuple(s.options) for s in samples if s.question_type == "visual_detail"}) > 1
 
 
+def test_several_questions_per_clip(tmp_path):
+    spec = TestbedSpec(seconds=4.0)
+    one = split_samples(tmp_path, spec, seed=0, split="train", num=6)
+    four = split_samples(tmp_path, spec, seed=0, split="train", num=6, questions=4)
+    assert len(four) == 24 and len({s.id for s in four}) == 24
+    for i, clip in enumerate(one):
+        rows = four[4 * i : 4 * i + 4]
+        assert [s.id for s in rows] == [f"{clip.id}-q{j}" for j in range(4)]
+        assert {s.video for s in rows} == {clip.video} and all(s.events == clip.events for s in rows)
+        assert sorted(s.question_type for s in rows) == sorted(QUESTION_TYPES)  # every type once
+        assert sorted(s.answer for s in rows) == list("ABCD")  # at four different letters
+    two = split_samples(tmp_path, spec, seed=0, split="train", num=6, questions=2)
+    assert [s.video for s in two] == [s.video for s in one for _ in range(2)]
+    assert all(a.question_type != b.question_type for a, b in zip(two[::2], two[1::2]))
+    with pytest.raises(ValueError, match="questions per clip"):
+        split_samples(tmp_path, spec, seed=0, split="train", num=2, questions=5)
+    # Only the training split takes several; the clips are the ones a one-question testbed writes.
+    out = tmp_path / "tb"
+    generate_testbed(out, 2, 0, 1, spec, seed=0)
+    before = mtimes(out)
+    generate_testbed(out, 2, 0, 1, spec, seed=0, train_questions=3)
+    after = mtimes(out)
+    assert all(after[k] == before[k] for k in before if k.suffix == ".mp4")  # reused, not re-rendered
+    assert len(read_manifest(out / "manifest.jsonl", split="train", check_media=True)) == 6
+    assert len(read_manifest(out / "manifest.jsonl", split="test")) == 1
+
+
 def test_split_seeds_disjoint(tmp_path):
     spec = TestbedSpec(seconds=4.0)
     seeds = {

@@ -3,6 +3,7 @@ per-example streaming answer losses (FullMemory), values and gradients, for Omni
 and a plain text LM (1-D RoPE)."""
 
 import numpy as np
+import pytest
 import torch
 
 from omnimem_train.memory.policies.full import FullMemory
@@ -69,7 +70,7 @@ def _batched_vs_streaming(model, ad, make_media, specs, group_size, param_names)
 
     ad.decoder_hidden = counting
     try:
-        batched = full_context_loss(ad, [Sequence(p, q, a) for p, q, a in examples])
+        batched = full_context_loss(ad, [Sequence(p, [(q, a)]) for p, q, a in examples])
     finally:
         del ad.decoder_hidden
     assert len(calls) == 1 and calls[0][0] == 3  # one forward for the whole batch
@@ -130,11 +131,57 @@ def test_batched_loss_is_the_mean_not_a_token_weighted_mean():
     seqs = []
     with torch.no_grad():
         for i, answer in enumerate([[5], [6, 7, 8, 9, 10, 11, 12]]):
-            seqs.append(Sequence([ad.text_piece([20 + i, 21, 22], 0)], [30, 31], answer))
+            seqs.append(Sequence([ad.text_piece([20 + i, 21, 22], 0)], [([30, 31], answer)]))
         both = full_context_loss(ad, seqs).item()
         singles = [full_context_loss(ad, [s]).item() for s in seqs]
     assert abs(both - sum(singles) / 2) <= 1e-5
     assert abs(singles[0] - singles[1]) > 1e-3
+
+
+@pytest.mark.parametrize("family", ["omni", "llama"])
+def test_packed_questions_equal_one_row_per_question(family):
+    """k questions packed after one stream (4-D mask) give each question's own loss and the same
+    gradients as k separate rows; streams of different lengths and question counts share the batch."""
+    if family == "omni":
+        model, tok = build_tiny_model("tiny-omni", seed=4)
+        ad, make_media, specs = Qwen2_5OmniAdapter(model, tok), _omni_media, [(1, 2.0), (2, 3.0)]
+        names = ["model.language_model.layers.1.self_attn.q_proj.weight", "model.audio_tower.conv1.weight"]
+    else:
+        model, tok = build_tiny_model("tiny-llama", seed=4)
+        ad, make_media, specs = TextLMAdapter(model, tok), _text_media, [(1, 2), (2, 5)]
+        names = ["model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight"]
+    model.eval()
+    questions = [[([40, 41, 42], [50, 51]), ([43], [52, 53, 54]), ([44, 45], [55])], [([46, 47], [56])]]
+
+    def loss(packed):
+        prefix, _ = split_chat_prompt(ad.tokenizer, "You watch.", "?")
+        streams = [list(ad.stream(make_media(seed, size), prefix)) for seed, size in specs]
+        if packed:
+            seqs = [Sequence(p, qs) for p, qs in zip(streams, questions)]
+        else:
+            seqs = [Sequence(p, [qa]) for p, qs in zip(streams, questions) for qa in qs]
+        model.zero_grad()
+        value = full_context_loss(ad, seqs)
+        value.backward()
+        return value.item(), _grads(model, names)
+
+    (packed, g_packed), (single, g_single) = loss(True), loss(False)
+    assert abs(packed - single) <= 1e-5, (packed, single)
+    for n in names:
+        assert g_single[n].abs().sum() > 0, n
+        torch.testing.assert_close(g_packed[n], g_single[n], atol=1e-5, rtol=0, msg=n)
+
+
+def test_packed_mask_sees_the_stream_and_its_own_question_only():
+    from omnimem_train.train.full_context import packed_mask
+
+    pad = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    mask = packed_mask([[0, 0, 1, 1, 2, 2], [0, 1, 1]], pad, torch.float32)[:, 0] == 0  # (B, L, L) allowed
+    assert mask.shape == (2, 6, 6)
+    assert mask[0, 4].tolist() == [True, True, False, False, True, False]  # stream + own question, causal
+    assert mask[0, 3].tolist() == [True, True, True, True, False, False]
+    assert mask[1, 2].tolist() == [True, True, True, False, False, False]
+    assert mask[1, 4].tolist() == [False, False, False, False, True, False]  # padding sees only itself
 
 
 def test_pad_batch_shapes_mask_and_contents():
@@ -171,7 +218,7 @@ def test_single_example_equals_answer_loss_without_media():
     prefix, q_ids = split_chat_prompt(tok, "sys", "q?")
     a_ids = tok("yes", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
-        got = full_context_loss(ad, [Sequence([ad.text_piece(prefix, 0)], q_ids, a_ids)]).item()
+        got = full_context_loss(ad, [Sequence([ad.text_piece(prefix, 0)], [(q_ids, a_ids)])]).item()
         engine = StreamingEngine(ad, FullMemory(), group_size=5)
         state, _ = engine.prefill(iter([ad.text_piece(prefix, 0)]))
         ref = answer_loss(engine, state, q_ids, a_ids).item()

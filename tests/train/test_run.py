@@ -119,3 +119,43 @@ def test_full_finetuning_without_compression_saves_full_weights(tiny_manifest, t
     tower = "model.audio_tower.conv1.weight"
     assert torch.equal(saved[tower], base[tower])  # the frozen tower did not
     assert all(r["memory_tokens_per_layer"] > 20 for r in trainer.state.log_history if "loss" in r)  # no budget
+
+
+def _two_questions_per_clip(tiny_manifest, tmp_path):
+    from dataclasses import replace
+
+    from omnimem_train.data import read_manifest
+    from omnimem_train.data.manifest import write_manifest
+
+    rows = []
+    for s in read_manifest(tiny_manifest):
+        rows += [s, replace(s, id=s.id + "-q1", question="Which option was last?", answer="A")]
+    path = tmp_path / "two.jsonl"
+    write_manifest(path, rows)
+    return path
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_questions_about_one_clip_share_a_batch(tiny_manifest, tmp_path, grouped):
+    from omnimem_train.train.sampler import MediaGroupedSampler
+
+    manifest = _two_questions_per_clip(tiny_manifest, tmp_path)
+    cfg = load_config(RECIPE, [f"dataset={manifest}", f"output_dir={tmp_path / 'run'}", "report_to=none",
+                               "compression=none", "finetuning_type=full", "cache_encoder_outputs=true",
+                               "per_device_train_batch_size=2", "max_steps=4", f"group_by_media={grouped}"])
+    trainer = run_training(cfg)
+    loader = trainer.get_train_dataloader()
+    assert isinstance(loader.batch_sampler.sampler if hasattr(loader.batch_sampler, "sampler") else None,
+                      MediaGroupedSampler) == grouped
+    epochs = []
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        batches = [[ex.video for ex in batch] for batch in loader]
+        assert sorted(v for b in batches for v in b) == sorted(2 * [s for s in {v for b in batches for v in b}])
+        epochs.append(batches)
+    if grouped:  # each batch is one clip's two questions, clips in a new order each epoch
+        assert all(len(set(b)) == 1 for batches in epochs for b in batches)
+        assert epochs[0] != epochs[1]
+        assert trainer.model.cache.misses == 4  # each clip encoded once in 4 steps of 2 rows
+    else:
+        assert any(len(set(b)) == 2 for batches in epochs for b in batches)
