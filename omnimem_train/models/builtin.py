@@ -39,11 +39,16 @@ _CORPUS = [
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUILTINS = ("tiny-omni", "testbed-omni", "tiny-llama", "smollm2-135m")
 # The testbed base model (recipes/testbed/): a wider LLM than tiny-omni, and audio convs drawn at a
-# larger std so that a *frozen* random audio tower still separates the testbed's tones (at the
-# default 0.02 a 1-s tone moves the tower's output by ~1% of its norm, at 0.1 by ~25%).
+# larger std so that a *frozen* random audio tower separates the testbed's tones. The tower adds
+# sinusoidal positions after its convs; with small convs they drown the tone: the ratio of the
+# tone centroids' spread to a tone's own spread (1-s testbed tones, docs/testbed.md) is 0.10 at the
+# default std 0.02, 0.65 at 0.1 (revision 1 of this model), 6.5 at 0.3 and 11.7 at 1.0.
 TESTBED_TEXT = dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2,
                     mrope_section=[4, 6, 6])
-TESTBED_AUDIO_CONV_STD = 0.1
+TESTBED_AUDIO_CONV_STD = 1.0
+# A built-in whose weights change gets a new revision: it is saved under `<name>.r<N>`, so a copy
+# saved by an older version is never loaded in its place.
+REVISIONS = {"testbed-omni": 2}
 
 
 def builtin_home() -> Path:
@@ -56,7 +61,8 @@ def resolve_builtin(name: str) -> tuple[Path, str | None]:
         raise ModelError(f"builtin:{name}: unknown built-in model; known: {', '.join('builtin:' + b for b in BUILTINS)}")
     if name == "smollm2-135m":
         return smollm2_dir(), SMOLLM2_GGUF
-    path = builtin_home() / name
+    revision = REVISIONS.get(name, 1)
+    path = builtin_home() / (name if revision == 1 else f"{name}.r{revision}")
     if not (path / "config.json").exists():
         _save_atomic(path, *build_tiny_model(name))
     return path, None

@@ -1,5 +1,6 @@
 """Built-in random-weight models: `testbed-omni` is a wider tiny Omni whose audio convs are drawn
-at std 0.1 (a frozen random audio tower then separates tones), deterministic in the seed."""
+at a large std (its frozen random audio tower then separates the testbed's tones), deterministic in
+the seed, and saved under a revision-specific folder."""
 
 import numpy as np
 import torch
@@ -17,14 +18,14 @@ def _convs(model):
 
 
 def test_testbed_omni_is_wider_with_large_audio_convs():
-    assert "testbed-omni" in BUILTINS and TESTBED_AUDIO_CONV_STD == 0.1
+    assert "testbed-omni" in BUILTINS and TESTBED_AUDIO_CONV_STD == 1.0
     model, tok = build_tiny_model("testbed-omni", seed=0)
     text = model.config.get_text_config()
     assert text.hidden_size == 128
     assert model.model.language_model.embed_tokens.weight.shape == (len(tok), 128)
     for conv in _convs(model):
-        assert abs(conv.weight.std().item() - 0.1) < 0.01
-        assert abs(conv.weight.mean().item()) < 0.01
+        assert abs(conv.weight.std().item() - 1.0) < 0.05
+        assert abs(conv.weight.mean().item()) < 0.05
         assert conv.bias.abs().sum() == 0
     tiny, _ = build_tiny_model("tiny-omni", seed=0)
     assert tiny.config.get_text_config().hidden_size == 64
@@ -59,3 +60,57 @@ def test_testbed_omni_streams_audio_and_video_into_its_wider_llm():
         logits = StreamingEngine(ad, FullMemory()).forward(state, ad.text_piece([5], state.next_pos),
                                                             want_logits="last")
     assert logits.shape[-1] == len(tok) and torch.isfinite(logits).all()
+
+
+def _tone_separation(model):
+    """(tone centroids' spread / a tone's spread, leave-one-out nearest-centroid accuracy) of the
+    tower's mean output over 1-s testbed tones (5 frequencies x 6 placements in 4-s clips)."""
+    from data_prep.testbed import TestbedSpec, _wave
+    from omnimem_train.media.features import LogMelExtractor
+
+    from omnimem_train.models.builtin import build_tokenizer
+
+    spec, ad, mel = TestbedSpec(seconds=4.0), Qwen2_5OmniAdapter(model, build_tokenizer()), LogMelExtractor()
+    feats, labels = [], []
+    for k, freq in enumerate(spec.tones):
+        for start in range(6):
+            at = start % 4
+            plan = {"seed": 100 * k + start, "events": [{"kind": "audio", "start": at, "end": at + 1, "freq": freq}]}
+            with torch.no_grad():
+                out = ad.encode_audio_windows(list(mel.iter_windows(_wave(spec, plan))))
+            feats.append(out[25 * at : 25 * (at + 1)].mean(0))
+            labels.append(k)
+    x, y = torch.stack(feats), torch.tensor(labels)
+    cent = torch.stack([x[y == k].mean(0) for k in range(len(spec.tones))])
+    within = torch.stack([(x[y == k] - cent[k]).norm(dim=-1).mean() for k in range(len(spec.tones))]).mean()
+    ratio = ((cent - cent.mean(0)).norm(dim=-1).mean() / within).item()
+    hits = 0
+    for i in range(len(y)):  # leave-one-out
+        keep = torch.arange(len(y)) != i
+        c = torch.stack([x[keep & (y == k)].mean(0) for k in range(len(spec.tones))])
+        hits += int((c - x[i]).norm(dim=-1).argmin() == y[i])
+    return ratio, hits / len(y)
+
+
+def test_frozen_testbed_audio_tower_separates_the_testbed_tones():
+    model, _ = build_tiny_model("testbed-omni", seed=0, num_layers=1)
+    ratio, accuracy = _tone_separation(model)
+    assert ratio > 3 and accuracy == 1.0, (ratio, accuracy)
+    small, _ = build_tiny_model("testbed-omni", seed=0, num_layers=1)
+    for conv in _convs(small):  # revision 1's std: the tower's positions drown the tones
+        torch.nn.init.normal_(conv.weight, std=0.1)
+    assert _tone_separation(small)[0] < 1
+
+
+def test_a_changed_builtin_is_saved_under_its_revision(tmp_path, monkeypatch):
+    from omnimem_train.models.builtin import REVISIONS, resolve_builtin
+
+    monkeypatch.setenv("OMNIMEM_HOME", str(tmp_path))
+    stale = tmp_path / "builtin" / "testbed-omni"
+    stale.mkdir(parents=True)
+    (stale / "config.json").write_text("{}")  # a copy saved before the revision
+    path, gguf = resolve_builtin("testbed-omni")
+    assert REVISIONS["testbed-omni"] >= 2 and gguf is None
+    assert path == tmp_path / "builtin" / f"testbed-omni.r{REVISIONS['testbed-omni']}"
+    assert (path / "model.safetensors").is_file()
+    assert resolve_builtin("tiny-llama")[0] == tmp_path / "builtin" / "tiny-llama"
