@@ -82,32 +82,31 @@ class StreamingObjective(nn.Module):
         self.last_reports: list[MemoryReport] = []
 
     def forward(self, examples: list[Example]) -> torch.Tensor:
+        """Mean answer loss of `examples`. Questions about the same media (and prompt prefix) share
+        one stream: compression never sees the question, so the retained memory is the same for all
+        of them; the full-context path packs them after one stream (`train.full_context`)."""
         self.last_reports = []
-        if self.full_context:
-            # Questions about the same media share one stream (packed, see `train.full_context`).
-            seqs: dict[tuple, Sequence] = {}
-            for ex in examples:
-                prefix, q_ids, a_ids = self._prompt(ex)
-                key = (ex.video, ex.audio, ex.context, tuple(prefix))
-                if key not in seqs:
-                    seqs[key] = Sequence(list(self._stream(ex, prefix)[0]), [])
-                seqs[key].questions.append((q_ids, a_ids))
-                self.last_reports.append(self._full_report(seqs[key].pieces))
-            return full_context_loss(self.adapter, list(seqs.values()))
-        losses = []
+        streams: dict[tuple, tuple[Example, list[int], list[tuple[list[int], list[int]]]]] = {}
         for ex in examples:
-            loss, report = self.example_loss(ex)
-            losses.append(loss)
-            self.last_reports.append(report)
+            prefix, q_ids, a_ids = self._prompt(ex)
+            key = (ex.video, ex.audio, ex.context, tuple(prefix))
+            streams.setdefault(key, (ex, prefix, []))[2].append((q_ids, a_ids))
+        if self.full_context:
+            seqs = [Sequence(list(self._stream(ex, prefix)[0]), questions)
+                    for ex, prefix, questions in streams.values()]
+            for seq in seqs:
+                self.last_reports += [self._full_report(seq.pieces)] * len(seq.questions)
+            return full_context_loss(self.adapter, seqs)
+        losses = []
+        for ex, prefix, questions in streams.values():
+            pieces, expected = self._stream(ex, prefix)
+            self.engine.policy.expect(expected)
+            state, _ = self.engine.prefill(pieces, checkpoint=self.checkpoint)
+            report = state.report()
+            for q_ids, a_ids in questions:  # nothing is committed: each question sees the same memory
+                losses.append(answer_loss(self.engine, state, q_ids, a_ids))
+                self.last_reports.append(report)
         return torch.stack(losses).mean()
-
-    def example_loss(self, ex: Example) -> tuple[torch.Tensor, MemoryReport]:
-        """One example through the group-wise (compressed) streaming forward."""
-        prefix, q_ids, a_ids = self._prompt(ex)
-        pieces, expected = self._stream(ex, prefix)
-        self.engine.policy.expect(expected)
-        state, _ = self.engine.prefill(pieces, checkpoint=self.checkpoint)
-        return answer_loss(self.engine, state, q_ids, a_ids), state.report()
 
     def _full_report(self, pieces: list[StreamPiece]) -> MemoryReport:
         """Full context keeps the whole stream in every layer (K and V of each kv head)."""

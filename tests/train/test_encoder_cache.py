@@ -265,6 +265,37 @@ def test_full_context_objective_packs_questions_about_one_clip_into_one_row(tiny
     assert abs(packed.item() - streamed.item()) <= 1e-5, (packed.item(), streamed.item())
 
 
+def test_streaming_objective_prefills_a_clip_once_for_all_its_questions(tiny_manifest):
+    """Compressed streaming (budget 20 < the stream): questions about one clip share one prefill and
+    get the losses and gradients they get one by one."""
+    objective, adapter = _objective(tiny_manifest, "finetuning_type=full")
+    assert not objective.full_context and objective.engine.policy is not None
+    first, second = _examples(tiny_manifest, n=2)
+    batch = [first, second, replace(first, question="What was shown last?", options=["a", "b"], answer="B. b")]
+    prefills = []
+    real = objective.engine.prefill
+    objective.engine.prefill = lambda *a, **k: prefills.append(1) or real(*a, **k)
+    try:
+        objective.zero_grad()
+        shared = objective(batch)
+        shared.backward()
+        g_shared = _trainable_grads(objective.inner)
+        assert len(prefills) == 2 and len(objective.last_reports) == 3
+        assert all(r.mean("visual") + r.mean("audio") <= 20 for r in objective.last_reports)
+        objective.zero_grad()
+        singles = [objective([ex]) for ex in batch]
+        (sum(singles) / 3).backward()
+    finally:
+        del objective.engine.prefill
+    assert len(prefills) == 5
+    assert abs(shared.item() - sum(x.item() for x in singles) / 3) <= 1e-5
+    g_singles = _trainable_grads(objective.inner)
+    name = "model.language_model.layers.1.self_attn.q_proj.weight"
+    assert g_shared[name].abs().sum() > 0
+    for n in g_shared:
+        torch.testing.assert_close(g_shared[n], g_singles[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
 # --- EncoderCache on its own ------------------------------------------------------------------
 
 
