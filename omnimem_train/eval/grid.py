@@ -15,9 +15,11 @@ Cell names: `full` (always evaluated: the upper bound), `<scorer>-<budget>-<awar
 absolute budget (audio+visual tokens per layer) and `<scorer>-f<fraction>-<aware|blind>` for a
 fraction of each sample's estimated audio+visual stream tokens.
 
-A cell is finished when its metrics.json exists (written last, atomically) and its config.yaml
-still matches the current settings (output_dir aside): a re-run skips it, and loads no model when
-every cell is finished. A cell whose settings changed (e.g. another `eval.fraction`) is re-run.
+A cell is finished when its metrics.json exists (written last, atomically), its config.yaml
+still matches the current settings (output_dir aside) and the files it read are the ones it
+read then (`input_files`: the model folder's weights and config.json, the manifest; by size and
+modification time): a re-run skips it, and loads no model when every cell is finished. A cell whose
+settings changed (e.g. another `eval.fraction`) or whose model was retrained in place is re-run.
 """
 
 from __future__ import annotations
@@ -175,7 +177,29 @@ def cell_dir(cfg, cell: Cell) -> Path:
 
 def is_finished(cfg, cell: Cell) -> bool:
     d = cell_dir(cfg, cell)
-    return (d / METRICS).is_file() and (d / PREDICTIONS).is_file() and _same_config(cell_config(cfg, cell), d)
+    if not ((d / METRICS).is_file() and (d / PREDICTIONS).is_file() and _same_config(cell_config(cfg, cell), d)):
+        return False
+    try:
+        recorded = json.loads((d / METRICS).read_text(encoding="utf-8")).get("input_files")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return recorded == input_files(cfg)
+
+
+def input_files(cfg) -> dict[str, list[int]]:
+    """{path: [size, mtime_ns]} of what a cell's results depend on beyond its config: the model's
+    weights and config.json (a local model folder; hub ids and built-ins are fixed by their name)
+    and the manifest. A model retrained into the same folder changes them."""
+    model = Path(cfg.model_name_or_path)
+    paths = [Path(cfg.eval.manifest)]
+    if model.is_dir():
+        paths += sorted(model.glob("*.safetensors")) + [model / "config.json"]
+    files = {}
+    for path in paths:
+        if path.is_file():
+            st = path.stat()
+            files[str(path)] = [st.st_size, st.st_mtime_ns]
+    return files
 
 
 def read_predictions(path: str | Path) -> list[dict]:
@@ -200,6 +224,7 @@ def run_cell(adapter, cfg, cell: Cell, samples: list, err: TextIO = sys.stderr) 
 
     ccfg = cell_config(cfg, cell)
     out = cell_dir(cfg, cell)
+    inputs = input_files(cfg)  # as read now: a model rewritten during the run leaves the cell unfinished
     (out / METRICS).unlink(missing_ok=True)  # an interrupted re-run must not look finished
     save_config(ccfg, out)
     n_layers = len(adapter.decoder_layers)
@@ -231,7 +256,7 @@ def run_cell(adapter, cfg, cell: Cell, samples: list, err: TextIO = sys.stderr) 
         records.append(rec)
     atomic_write_text(out / PREDICTIONS, "".join(json.dumps(r) + "\n" for r in records))
     metrics = {**cell.identity(), **compute_metrics(records), "model": cfg.model_name_or_path,
-               "manifest": cfg.eval.manifest, "split": cfg.eval.split}
+               "manifest": cfg.eval.manifest, "split": cfg.eval.split, "input_files": inputs}
     atomic_write_text(out / METRICS, _json(metrics))
     return metrics
 
@@ -334,4 +359,4 @@ def _load_model(cfg):
 
 
 __all__ = ["Cell", "PREDICTION_FIELDS", "cell_config", "check_scorers", "format_markdown", "format_table",
-           "grid_cells", "is_finished", "read_predictions", "run_cell", "run_eval", "select_samples"]
+           "grid_cells", "input_files", "is_finished", "read_predictions", "run_cell", "run_eval", "select_samples"]

@@ -142,6 +142,32 @@ def test_rerun_skips_finished_cells(grid, manifest):
     assert {p: p.stat().st_mtime_ns for p in out_dir.rglob("*") if p.is_file()} == files
 
 
+def test_a_model_retrained_in_place_makes_its_cells_stale(manifest, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from omnimem_train.models.builtin import resolve_builtin
+
+    model = tmp_path / "model"
+    shutil.copytree(resolve_builtin("tiny-omni")[0], model)
+    small = ["eval.scorers=[recency]", "eval.budgets=[16]", "eval.modality=[aware]", "memory.group_size=32",
+             "device=cpu", f"eval.manifest={manifest}", f"output_dir={tmp_path / 'run'}",
+             f"model_name_or_path={model}"]
+    assert _main(["eval", RECIPE, *small])[0] == 0
+    first = json.loads((tmp_path / "run" / "cells" / "full" / "metrics.json").read_text())
+    assert str(model / "model.safetensors") in first["input_files"]
+    code, out, _ = _main(["eval", RECIPE, *small])
+    assert code == 0 and "skip full" in out and "skip recency-16-aware" in out
+    weights = load_file(str(model / "model.safetensors"))  # "retrain" into the same folder
+    save_file({k: v * 1.01 for k, v in weights.items()}, str(model / "model.safetensors"), metadata={"format": "pt"})
+    code, out, err = _main(["eval", RECIPE, *small])
+    assert code == 0, err
+    assert "skip" not in out  # both cells ran again on the new weights
+    again = json.loads((tmp_path / "run" / "cells" / "full" / "metrics.json").read_text())
+    assert again["input_files"] != first["input_files"]
+
+
 def test_fraction_evaluates_the_first_samples(manifest, tmp_path):
     ids = [json.loads(line)["id"] for line in Path(manifest).read_text().splitlines()]
     small = ["eval.scorers=[recency]", "eval.budgets=[16]", "eval.modality=[aware]", "memory.group_size=32",

@@ -67,7 +67,6 @@ def _tone_separation(model):
     tower's mean output over 1-s testbed tones (5 frequencies x 6 placements in 4-s clips)."""
     from data_prep.testbed import TestbedSpec, _wave
     from omnimem_train.media.features import LogMelExtractor
-
     from omnimem_train.models.builtin import build_tokenizer
 
     spec, ad, mel = TestbedSpec(seconds=4.0), Qwen2_5OmniAdapter(model, build_tokenizer()), LogMelExtractor()
