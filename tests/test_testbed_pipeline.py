@@ -32,6 +32,10 @@ def test_generate_train_evaluate_then_reuse(tmp_path):
     assert "base model: training" in out.getvalue()
     assert (tmp_path / "base" / "train_results.json").exists()
     assert (tmp_path / "testbed" / "manifest.jsonl").exists() and (tmp_path / "base" / "model.safetensors").exists()
+    rows = [json.loads(line) for line in (tmp_path / "testbed" / "manifest.jsonl").read_text().splitlines()]
+    assert sum(r["split"] == "train" for r in rows) == 16 and sum(r["split"] == "test" for r in rows) == 4
+    # train_questions: 4 -> each training clip asked every type; rows stream clip by clip, packed
+    assert len({r["video"] for r in rows if r["split"] == "train"}) == 4
     cells = {(c["scorer"], c.get("modality")) for c in summary["cells"]}
     assert any(s == "full" for s, _ in cells)
     assert {("omnimem", "aware"), ("omnimem", "blind"), ("recency", "aware"), ("recency", "blind")} <= cells
