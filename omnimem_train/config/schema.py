@@ -325,8 +325,7 @@ class Config:
     )
     train_encoders: str = field(
         default="none",
-        metadata={"help": "towers trained next to the LLM (full fine-tuning): " + " | ".join(TRAIN_ENCODERS)
-},
+        metadata={"help": "towers trained next to the LLM (full fine-tuning): " + " | ".join(TRAIN_ENCODERS)},
     )
     cache_encoder_outputs: bool = field(
         default=False,
