@@ -266,9 +266,10 @@ def test_generate_testbed_layout_idempotent_resumes(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    main([str(tmp_path / "tb"), "--train", "2", "--val", "1", "--test", "0", "--seconds", "4"])
+    main([str(tmp_path / "tb"), "--train", "2", "--val", "1", "--test", "0", "--seconds", "4", "--train-questions", "2"])
     printed = capsys.readouterr().out
     assert "ratio 4:1" in printed and str(tmp_path / "tb" / "manifest.jsonl") in printed
-    assert len(read_manifest(tmp_path / "tb" / "manifest.jsonl", check_media=True)) == 3
+    rows = read_manifest(tmp_path / "tb" / "manifest.jsonl", check_media=True)
+    assert len(rows) == 5 and sum(s.split == "train" for s in rows) == 4  # 2 clips x 2 questions + 1 val
     with pytest.raises(SystemExit):
         main([str(tmp_path / "bad"), "--width", "250"])
