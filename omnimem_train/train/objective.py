@@ -56,7 +56,8 @@ class StreamingObjective(nn.Module):
 
     full_context:  the engine keeps everything (`compression: none`): each batch runs as one padded
                    full-context forward (`train.full_context`), which gives the same loss faster.
-    cache:         an `EncoderCache` for frozen encoders (the clip is decoded and encoded once).
+    cache:         an `EncoderCache` (the clip is decoded and encoded once; with a trained audio
+                   tower its log-mel is kept and re-encoded).
     answer_format: the prompt's answer instruction ("letter" / "option", see `models.prompt`); the
                    example's `answer` must already be written in that format.
     train_encoders: which towers run with autograd; with "audio" the vision tower runs without it and
