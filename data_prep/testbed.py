@@ -61,8 +61,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -473,6 +475,41 @@ def _write_json(path: Path, obj: dict) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
+def _render_one(spec: TestbedSpec, seed: int, path: str) -> None:
+    render_sample(spec, plan_sample(spec, seed), path)
+
+
+def _render_all(spec: TestbedSpec, todo: list[tuple[str, int]], workers: int, log=None) -> None:
+    """Render `todo` = [(mp4 path, seed)], in `workers` processes when > 1.
+
+    Each clip is encoded single-threaded from its seed alone, so the bytes do not depend on the
+    number of workers or the order; spawned (not forked) workers, since the caller may hold
+    torch's thread pools.
+    """
+    t0 = time.perf_counter()
+
+    def progress(made: int) -> None:
+        if log and made % 50 == 0:
+            log(f"{made}/{len(todo)} clips, {(time.perf_counter() - t0) / made:.3f} s per clip")
+
+    if workers <= 1 or len(todo) <= 1:
+        for made, (path, seed) in enumerate(todo, 1):
+            _render_one(spec, seed, path)
+            progress(made)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+        futures = [pool.submit(_render_one, spec, seed, path) for path, seed in todo]
+        for made, future in enumerate(as_completed(futures), 1):
+            future.result()
+            progress(made)
+
+
+def default_workers() -> int:
+    """Processes for rendering: one per core this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def generate_testbed(
     out_dir: str | Path,
     n_train: int,
@@ -482,11 +519,13 @@ def generate_testbed(
     seed: int = 0,
     log=None,
     train_questions: int = 1,
+    workers: int | None = None,
 ) -> dict[str, Path]:
     """Write (or reuse) the testbed in `out_dir`; returns {split: that split's manifest}.
 
     `train_questions`: questions per training clip (1-4, distinct types; `split_samples`); the val
-    and test splits keep one per clip.
+    and test splits keep one per clip. `workers`: rendering processes (default: one per usable
+    core); the files are the same for any number.
 
     `out_dir/manifest.jsonl` holds all splits (the recipes read it with dataset_split). Idempotent:
     the same arguments with every file present write nothing; the same spec and seed reuse the
@@ -524,7 +563,6 @@ def generate_testbed(
     reuse = ours and {k: meta.get("args", {}).get(k) for k in content} == content
     out.mkdir(parents=True, exist_ok=True)
     _write_json(meta_path, {"generator": "testbed", "args": args, "complete": False})
-    t0, made = time.perf_counter(), 0
     for split in SPLITS:
         clips = out / split / "clips"
         clips.mkdir(parents=True, exist_ok=True)
@@ -532,14 +570,14 @@ def generate_testbed(
         for old in clips.glob(f"{split}_*.mp4"):  # stale, partial (.tmp.mp4) or of other arguments
             if not reuse or old.name not in keep:
                 old.unlink()
-        for s in samples[split]:
-            if not Path(s.video).is_file():  # a clip's later questions find it written
-                render_sample(spec, plan_sample(spec, s.extra["seed"]), s.video)
-                made += 1
-                if log and made % 50 == 0:
-                    log(f"{made} clips, {(time.perf_counter() - t0) / made:.3f} s per clip")
+    # A clip's later questions share its file: render each missing clip once.
+    todo = list({s.video: s.extra["seed"] for s in everything if not Path(s.video).is_file()}.items())
+    t0 = time.perf_counter()
+    _render_all(spec, todo, default_workers() if workers is None else workers, log)
+    for split in SPLITS:
         write_manifest(paths[split], samples[split])
     write_manifest(manifest, everything)
+    made = len(todo)
     _write_json(meta_path, {"generator": "testbed", "args": args, "complete": True})
     if log and made:
         log(
@@ -557,6 +595,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-questions", type=int, default=1,
                         help="questions per training clip (1-4, distinct types; val/test keep 1)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="rendering processes (default: one per usable core; same files for any number)")
     d = TestbedSpec()
     parser.add_argument("--seconds", type=float, default=d.seconds, help="length of each clip")
     parser.add_argument("--width", type=int, default=d.width, help="frame width (multiple of 28)")
@@ -590,7 +630,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         paths = generate_testbed(
             args.out, args.train, args.val, args.test, spec, args.seed, log=lambda m: print(m, flush=True),
-            train_questions=args.train_questions,
+            train_questions=args.train_questions, workers=args.workers,
         )
     except ValueError as e:
         parser.error(str(e))

@@ -273,3 +273,16 @@ def test_cli(tmp_path, capsys):
     assert len(rows) == 5 and sum(s.split == "train" for s in rows) == 4  # 2 clips x 2 questions + 1 val
     with pytest.raises(SystemExit):
         main([str(tmp_path / "bad"), "--width", "250"])
+
+
+def test_parallel_rendering_writes_the_same_files(tmp_path):
+    """Two spawned rendering processes write byte-identical clips and manifests to one process."""
+    spec = TestbedSpec(seconds=4.0)
+    one, two = tmp_path / "one", tmp_path / "two"
+    generate_testbed(one, 3, 0, 2, spec, seed=0, train_questions=2, workers=1)
+    generate_testbed(two, 3, 0, 2, spec, seed=0, train_questions=2, workers=2)
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
+    assert len([f for f in files if f.suffix == ".mp4"]) == 5
+    for f in files:
+        assert (one / f).read_bytes() == (two / f).read_bytes(), f
