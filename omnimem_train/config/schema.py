@@ -169,8 +169,9 @@ class GenerationConfig:
     )
     answer_format: str = field(
         default="letter",
-        metadata={"help": "multiple-choice answers as 'letter' (\"B. green\") or 'option' (\"green\"): "
-                          "the training target and what inference scores"},
+        metadata={"help": "multiple-choice answers as 'letter' (\"B. green\"), 'option' (\"green\") or "
+                          "'cloze' (\"green\", the prompt without the option lines): the training target "
+                          "and what inference scores"},
     )
 
     def __post_init__(self) -> None:

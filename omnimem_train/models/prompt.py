@@ -11,21 +11,29 @@ _SENTINEL = "\u2063OMNIMEM_MEDIA\u2063"
 LETTERS = "ABCDEFGHIJ"
 # How a multiple-choice answer is written (training target) and scored (inference):
 #   letter: "B. green" -- the letter first, as VideoMME-style prompts ask;
-#   option: "green"    -- the option's own text, scored by likelihood as lm-eval-harness does.
-ANSWER_FORMATS = ("letter", "option")
+#   option: "green"    -- the option's own text, scored by likelihood as lm-eval-harness does;
+#   cloze:  "green"    -- as option, but the prompt is the question alone (no option lines, no
+#                         instruction): the cloze formulation of lm-eval-harness / OLMES. The answer
+#                         then follows the stream a few tokens later instead of ~40, the prompt's
+#                         length no longer depends on the options, and a small model trained from
+#                         scratch learns to read time from the stream's positions (docs/testbed.md).
+ANSWER_FORMATS = ("letter", "option", "cloze")
 _INSTRUCTIONS = {"letter": "Answer with the option's letter.", "option": "Answer with the option."}
 
 
 def format_question(question: str, options: list[str] | None = None, answer_format: str = "letter") -> str:
-    """The question text; with options, one lettered line each and the instruction for `answer_format`."""
-    if not options:
+    """The question text; with options (and a format other than cloze), one lettered line each and
+    the instruction for `answer_format`."""
+    if answer_format not in ANSWER_FORMATS:
+        raise KeyError(f"unknown answer format {answer_format!r}; expected one of {ANSWER_FORMATS}")
+    if not options or answer_format == "cloze":
         return question
     lines = [question] + [option_text(options, i, "letter") for i in range(len(options))]
     return "\n".join(lines) + "\n" + _INSTRUCTIONS[answer_format]
 
 
 def option_text(options: list[str], i: int, answer_format: str = "letter") -> str:
-    """Option `i` written as an answer: "B. green" (letter) or "green" (option)."""
+    """Option `i` written as an answer: "B. green" (letter) or "green" (option, cloze)."""
     return f"{LETTERS[i]}. {options[i]}" if answer_format == "letter" else options[i]
 
 
