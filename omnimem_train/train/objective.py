@@ -58,7 +58,7 @@ class StreamingObjective(nn.Module):
                    full-context forward (`train.full_context`), which gives the same loss faster.
     cache:         an `EncoderCache` (the clip is decoded and encoded once; with a trained audio
                    tower its log-mel is kept and re-encoded).
-    answer_format: the prompt's answer instruction ("letter" / "option", see `models.prompt`); the
+    answer_format: the prompt's answer format ("letter" / "option" / "cloze", see `models.prompt`); the
                    example's `answer` must already be written in that format.
     train_encoders: which towers run with autograd; with "audio" the vision tower runs without it and
                    the audio is re-encoded from the log-mel (`EncoderCache(train_audio=True)`, which

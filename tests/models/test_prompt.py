@@ -9,11 +9,11 @@ OPTIONS = ["red", "green", "blue", "yellow"]
 
 
 def test_answer_formats():
-    assert ANSWER_FORMATS == ("letter", "option")
+    assert ANSWER_FORMATS == ("letter", "option", "cloze")
 
 
-@pytest.mark.parametrize("answer_format", ANSWER_FORMATS)
-def test_options_are_always_listed_with_letters(answer_format):
+@pytest.mark.parametrize("answer_format", ["letter", "option"])
+def test_options_are_listed_with_letters(answer_format):
     lines = format_question("What colour?", OPTIONS, answer_format).splitlines()
     assert lines[0] == "What colour?"
     assert lines[1:5] == ["A. red", "B. green", "C. blue", "D. yellow"]
@@ -34,6 +34,13 @@ def test_open_ended_question_is_unchanged(answer_format):
     assert format_question("Describe it.", [], answer_format) == "Describe it."
 
 
+def test_cloze_prompt_is_the_question_alone():
+    """Cloze: no option lines and no instruction (the answer follows the question directly); the
+    answer is the option's text, as with `option`."""
+    assert format_question("Which colour came first?", OPTIONS, "cloze") == "Which colour came first?"
+    assert [option_text(OPTIONS, i, "cloze") for i in range(4)] == OPTIONS
+
+
 def test_option_text():
     assert [option_text(OPTIONS, i) for i in range(4)] == ["A. red", "B. green", "C. blue", "D. yellow"]
     assert [option_text(OPTIONS, i, "option") for i in range(4)] == OPTIONS
@@ -43,5 +50,7 @@ def test_option_text():
 
 
 def test_unknown_format_is_rejected_by_the_prompt():
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="bogus"):
         format_question("Q?", OPTIONS, "bogus")
+    with pytest.raises(KeyError, match="bogus"):
+        format_question("Describe it.", None, "bogus")

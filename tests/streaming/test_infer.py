@@ -39,7 +39,7 @@ def _reference_scores(model, tok, answer_format):
     return scores
 
 
-@pytest.mark.parametrize("answer_format", ["letter", "option"])
+@pytest.mark.parametrize("answer_format", ["letter", "option", "cloze"])
 def test_options_are_scored_in_the_answer_format(llama, answer_format):
     model, ad = llama
     engine = StreamingEngine(ad, FullMemory(), group_size=4)

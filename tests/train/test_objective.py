@@ -119,3 +119,22 @@ def test_group_checkpointing_gives_the_same_loss_and_gradients(lora_omni, scorer
     assert abs(l0 - l1) < 1e-6 and g0.keys() == g1.keys() and len(g0) > 0
     for n in g0:
         assert torch.allclose(g0[n], g1[n], atol=1e-6), n
+
+
+@pytest.mark.parametrize("answer_format", ["option", "cloze"])
+def test_training_prompt_follows_the_answer_format(answer_format):
+    """The objective trains on the prompt inference scores: with cloze, the question alone."""
+    from omnimem_train.config.schema import MediaConfig
+    from omnimem_train.models.prompt import format_question
+    from omnimem_train.train.objective import Example, StreamingObjective
+
+    model, tok = build_tiny_model("tiny-omni", seed=1)
+    ad = Qwen2_5OmniAdapter(model, tok)
+    objective = StreamingObjective(model, ad, StreamingEngine(ad, make_policy("full", 4)), MediaConfig(),
+                                   "s", answer_format=answer_format)
+    ex = Example(video=None, audio=None, question="Which colour?", options=["red", "blue"], answer="blue")
+    prefix, q_ids, a_ids = objective._prompt(ex)
+    text = tok.decode(q_ids)
+    assert ("A. red" in text) == (answer_format == "option") and "Which colour?" in text
+    assert (prefix, q_ids) == split_chat_prompt(tok, "s", format_question("Which colour?", ["red", "blue"], answer_format))
+    assert a_ids == tok("blue", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
