@@ -92,12 +92,12 @@ def test_stages_are_wired_to_the_generated_manifest(tmp_path):
     manifest = str(tmp_path / "testbed" / "manifest.jsonl")
     assert train_cfg.dataset == manifest and eval_cfg.eval.manifest == manifest
     assert eval_cfg.model_name_or_path == train_cfg.output_dir == str(tmp_path / "base")
-    assert train_cfg.generation.answer_format == eval_cfg.generation.answer_format == "cloze"
+    assert train_cfg.generation.answer_format == eval_cfg.generation.answer_format == "option"
     tune_cfg, tuned_eval = tune_configs(pcfg, train_cfg, eval_cfg)
     assert tune_cfg.model_name_or_path == train_cfg.output_dir and tune_cfg.dataset == manifest
     assert tuned_eval.model_name_or_path == str(tmp_path / "tuned" / "merged")
     assert tuned_eval.output_dir == str(tmp_path / "eval" / "tuned")
-    assert tune_cfg.generation.answer_format == tuned_eval.generation.answer_format == "cloze"
+    assert tune_cfg.generation.answer_format == tuned_eval.generation.answer_format == "option"
 
 
 def test_bad_pipeline_input_is_one_line(tmp_path, capsys):
