@@ -11,8 +11,8 @@ in two random seconds a quarter of the tokens carry one of 6 colour vectors. The
 chat template's end of turn + assistant header is 6 tokens), and the next-token prediction at the
 last position is scored over the 6 colour ids: the colour shown first or last.
 
-Settings (all with the same seeds): TMRoPE mrope_section [4, 6, 6] (revision 2) vs [8, 4, 4]
-(revision 3), with the answer read at the keyword itself (tail 0) or 6 tokens after it (tail 6),
+Settings (all with the same seeds): TMRoPE mrope_section [4, 6, 6] (the built-in's) vs [8, 4, 4],
+with the answer read at the keyword itself (tail 0) or 6 tokens after it (tail 6),
 and the question start jittered by up to `--jitter` tokens (option lines of different lengths).
 
     .venv/bin/python benchmarks/temporal_readout.py              # ~6 min on 2 cores

@@ -496,13 +496,16 @@ def _render_all(spec: TestbedSpec, todo: list[tuple[str, int]], workers: int, lo
         for made, (path, seed) in enumerate(todo, 1):
             _render_one(spec, seed, path)
             progress(made)
-        return
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
-        futures = [pool.submit(_render_one, spec, seed, path) for path, seed in todo]
-        for made, future in enumerate(as_completed(futures), 1):
-            future.result()
-            progress(made)
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+            futures = [pool.submit(_render_one, spec, seed, path) for path, seed in todo]
+            for made, future in enumerate(as_completed(futures), 1):
+                future.result()
+                progress(made)
+    if log and todo:
+        seconds = time.perf_counter() - t0
+        log(f"wrote {len(todo)} clips in {seconds:.1f} s ({seconds / len(todo):.3f} s per clip)")
 
 
 def default_workers() -> int:
@@ -572,17 +575,11 @@ def generate_testbed(
                 old.unlink()
     # A clip's later questions share its file: render each missing clip once.
     todo = list({s.video: s.extra["seed"] for s in everything if not Path(s.video).is_file()}.items())
-    t0 = time.perf_counter()
     _render_all(spec, todo, default_workers() if workers is None else workers, log)
     for split in SPLITS:
         write_manifest(paths[split], samples[split])
     write_manifest(manifest, everything)
-    made = len(todo)
     _write_json(meta_path, {"generator": "testbed", "args": args, "complete": True})
-    if log and made:
-        log(
-            f"wrote {made} clips in {time.perf_counter() - t0:.1f} s ({(time.perf_counter() - t0) / made:.3f} s per clip)"
-        )
     return paths
 
 

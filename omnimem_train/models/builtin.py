@@ -45,7 +45,7 @@ BUILTINS = ("tiny-omni", "testbed-omni", "tiny-llama", "smollm2-135m")
 # default std 0.02, 0.65 at 0.1 (revision 1 of this model), 6.5 at 0.3 and 11.7 at 1.0.
 # TMRoPE gives time the first `mrope_section[0]` rotary pairs, the highest frequencies: with
 # [4, 6, 6] of 16 pairs the slowest turns 1.9 rad per second. [8, 4, 4] (pairs at 0.79 and 0.33
-# rad/s too) was tried and did not make the temporal questions learnable (docs/testbed.md), so
+# rad/s too) was tried and did not make the temporal questions learnable in 800 steps (docs/testbed.md), so
 # the model keeps the real Qwen2.5-Omni proportion (16:24:24 of 64).
 TESTBED_TEXT = dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2,
                     mrope_section=[4, 6, 6])

@@ -14,9 +14,9 @@ LETTERS = "ABCDEFGHIJ"
 #   option: "green"    -- the option's own text, scored by likelihood as lm-eval-harness does;
 #   cloze:  "green"    -- as option, but the prompt is the question alone (no option lines, no
 #                         instruction): the cloze formulation of lm-eval-harness / OLMES. The answer
-#                         then follows the stream a few tokens later instead of ~40, the prompt's
-#                         length no longer depends on the options, and a small model trained from
-#                         scratch learns to read time from the stream's positions (docs/testbed.md).
+#                         follows the stream 16-31 tokens later instead of 47-75 on the testbed, and
+#                         the prompt's length no longer depends on the options (on the testbed this
+#                         did not make the temporal questions learnable: docs/testbed.md).
 ANSWER_FORMATS = ("letter", "option", "cloze")
 _INSTRUCTIONS = {"letter": "Answer with the option's letter.", "option": "Answer with the option."}
 
