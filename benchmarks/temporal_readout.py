@@ -11,12 +11,13 @@ in two random seconds a quarter of the tokens carry one of 6 colour vectors. The
 chat template's end of turn + assistant header is 6 tokens), and the next-token prediction at the
 last position is scored over the 6 colour ids: the colour shown first or last.
 
-Settings (all with the same seeds): TMRoPE mrope_section [4, 6, 6] (the built-in's) vs [8, 4, 4],
-with the answer read at the keyword itself (tail 0) or 6 tokens after it (tail 6),
+Settings (all with the same seeds): TMRoPE mrope_section [4, 6, 6] (Qwen2.5-Omni's proportion) vs
+[8, 4, 4] (the built-in's since revision 3), with the answer read at the keyword itself (tail 0, as
+`answer_format: completion` does), 1 token after it or 6 (the chat template's tail),
 and the question start jittered by up to `--jitter` tokens (option lines of different lengths).
 
-    .venv/bin/python benchmarks/temporal_readout.py              # ~6 min on 2 cores
-    .venv/bin/python benchmarks/temporal_readout.py --quick      # 200 steps per setting
+    .venv/bin/python benchmarks/temporal_readout.py              # ~15 min on 2 cores
+    .venv/bin/python benchmarks/temporal_readout.py --quick      # 200 steps per setting, ~5 min
 """
 
 from __future__ import annotations
@@ -115,10 +116,11 @@ def main() -> None:
           f"{args.steps} steps x 32, grid {args.grid}x{args.grid}, question {args.question_tokens} tokens, "
           f"jitter {args.jitter}")
     for section in ([4, 6, 6], [8, 4, 4]):
-        for tail in (0, 6):
+        for tail in (0, 1, 6):
             t0 = time.perf_counter()
             accs = run(section, tail, args)
-            print(f"mrope {section}  answer {'at the keyword' if tail == 0 else f'{tail} tokens after it':<20} "
+            where = "at the keyword" if tail == 0 else f"{tail} token{'s' * (tail > 1)} after it"
+            print(f"mrope {section}  answer {where:<20} "
                   + " ".join(f"{a:.2f}" for a in accs) + f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 

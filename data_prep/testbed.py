@@ -23,9 +23,9 @@ What makes the paper's problem real here:
 
 Questions, one per clip, of four types (`QUESTION_TYPES`), four options each:
 
-    visual_detail   "Which colour of square appeared in the video?"   1 shown + 3 never shown
-    audio_detail    "Which tone was heard in the video?"              1 played + 3 never played
-    audio_visual    "What colour was the square shown while the 1000 Hz tone played?"
+    visual_detail   "Which colour of square did the video show?"      1 shown + 3 never shown
+    audio_detail    "Which tone did the video play?"                  1 played + 3 never played
+    audio_visual    "Which colour of square appeared with the tone whose frequency in Hz was 1000?"
                     the anchor's square; distractors: the other squares shown, then unseen colours
     temporal_order  "Which colour of square appeared first?" (or "last"); distractors: the other
                     squares shown, then unseen colours
@@ -96,7 +96,8 @@ TEMPORAL_PATCH = 2
 AUDIO_TOKENS_PER_S = 25.0
 SEED_STRIDE = 1_000_000
 
-_VERSION = 1
+_VERSION = 1  # of the clips: a new one re-renders them
+_QUESTIONS_VERSION = 3  # of the question texts: a new one rewrites the manifests, keeping the clips
 _META = "testbed.json"
 _RAMP_S = 0.01  # tone on/off ramps (no clicks)
 
@@ -365,7 +366,12 @@ def generate_sample(spec: TestbedSpec, seed: int, out_path: str | Path) -> dict:
 def make_question(
     spec: TestbedSpec, events: list[dict], qtype: str, letter: int, rng: np.random.Generator
 ) -> tuple[str, list[str], str]:
-    """(question, options, answer letter) of type `qtype` about `events`, the answer at `letter`."""
+    """(question, options, answer letter) of type `qtype` about `events`, the answer at `letter`.
+
+    Each question ends on the word that decides its answer ("show" / "play" / the tone's frequency /
+    "first" / "last"): asked as a completion (`answer_format: completion`) the answer is predicted
+    on that word, and the testbed's small base model learns that far sooner than fetching the word
+    from earlier in the prompt (docs/testbed.md)."""
     visual = [e for e in events if e["kind"] == "visual"]
     audio = [e for e in events if e["kind"] == "audio"]
     seen = [e["label"] for e in visual]
@@ -379,10 +385,10 @@ def make_question(
         return [pool[i] for i in rng.choice(len(pool), k, replace=False)]
 
     if qtype == "visual_detail":
-        question, answer = "Which colour of square appeared in the video?", pick(seen)
+        question, answer = "Which colour of square did the video show?", pick(seen)
         distractors = draw(unseen, N_OPTIONS - 1)
     elif qtype == "audio_detail":
-        question, answer = "Which tone was heard in the video?", pick([e["label"] for e in audio])
+        question, answer = "Which tone did the video play?", pick([e["label"] for e in audio])
         distractors = draw(unheard, N_OPTIONS - 1)
     elif qtype in ("audio_visual", "temporal_order"):
         if qtype == "audio_visual":
@@ -390,7 +396,9 @@ def make_question(
             if len(pairs) != 1:
                 raise ValueError(f"audio_visual needs exactly one co-occurring pair, got {len(pairs)}")
             tone, square = pairs[0]
-            question = f"What colour was the square shown while the {tone['label']} played?"
+            # The key (the tone) is the last word: answered as a completion (`answer_format:
+            # completion`), the answer is predicted on it (docs/testbed.md).
+            question = f"Which colour of square appeared with the tone whose frequency in Hz was {tone['freq']:g}?"
             answer = square["label"]
         else:
             which = "first" if rng.integers(2) == 0 else "last"
@@ -548,7 +556,8 @@ def generate_testbed(
         raise ConfigError(f"{manifest}: exists and was not written by data_prep.testbed; use another folder")
 
     content = {"version": _VERSION, "spec": spec.to_json(), "seed": seed}
-    args = {**content, "counts": counts, **({"train_questions": train_questions} if train_questions != 1 else {})}
+    args = {**content, "questions": _QUESTIONS_VERSION, "counts": counts,
+            **({"train_questions": train_questions} if train_questions != 1 else {})}
     samples = {split: split_samples(out, spec, seed, split, n, train_questions if split == "train" else 1)
                for split, n in counts.items()}
     paths = {split: out / split / "manifest.jsonl" for split in SPLITS}

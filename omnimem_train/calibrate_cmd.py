@@ -106,7 +106,7 @@ def cmd_calibrate(args) -> int:
         print(f"note: calibration.inputs is empty; streaming {len(inputs)} generated "
               f"{cfg.calibration.clip_seconds:g}-s clips", file=sys.stderr)
     save_config(cfg, run_dir)
-    prefix, _ = split_chat_prompt(adapter.tokenizer, cfg.generation.system_prompt, "")
+    prefix, _ = split_chat_prompt(adapter.tokenizer, cfg.generation.system_prompt, "", cfg.generation.answer_format)
     collector = CalibrationCollector(n_layers, cfg.memory.query_block)
     used = []
     for k, path in enumerate(inputs):

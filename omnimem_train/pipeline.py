@@ -2,7 +2,9 @@
 
     1. generate the testbed (`data_prep.testbed`; reused when its files and arguments are unchanged),
     2. train the base model with the `train` stage's recipe (reused when `output_dir` already holds
-       a finished model trained with the same resolved config),
+       a finished model trained with the same resolved config); with `curriculum.recipe` set, a
+       first training stage runs before it (e.g. only the temporal questions) and `train` starts
+       from its output,
     3. evaluate it with the `eval` stage's recipe: full memory plus the scorer x budget grid, print
        the table and write the plot (finished cells are skipped on re-runs),
     4. (when `tune.recipe` is set) budget-aware LoRA on the base model with the `tune` recipe, export
@@ -81,20 +83,40 @@ class TuneSection(StageSection):
 @dataclass
 class PipelineConfig:
     testbed: TestbedSection = field(default_factory=TestbedSection)
+    curriculum: StageSection = field(default_factory=StageSection)
     train: StageSection = field(default_factory=StageSection)
     eval: StageSection = field(default_factory=StageSection)
     tune: TuneSection = field(default_factory=TuneSection)
 
 
+def curriculum_config(pcfg: PipelineConfig):
+    """-> the first training stage's Config on the generated manifest, or None without one."""
+    from omnimem_train.config import load_config
+
+    if not pcfg.curriculum.recipe:
+        return None
+    return load_config(pcfg.curriculum.recipe, [f"dataset={_manifest(pcfg)}", *pcfg.curriculum.overrides])
+
+
+def _manifest(pcfg: PipelineConfig) -> str:
+    return str(Path(pcfg.testbed.out) / "manifest.jsonl")
+
+
 def stage_configs(pcfg: PipelineConfig):
-    """-> (train Config, eval Config), wired to the generated manifest and to each other."""
+    """-> (train Config, eval Config), wired to the generated manifest and to each other (and the
+    train stage to the curriculum stage's output, when there is one)."""
     from omnimem_train.config import load_config
 
     for name in ("train", "eval"):
         if not getattr(pcfg, name).recipe:
             raise ConfigError(f"{name}.recipe: required (the {name} stage's recipe YAML)")
-    manifest = str(Path(pcfg.testbed.out) / "manifest.jsonl")
-    train_cfg = load_config(pcfg.train.recipe, [f"dataset={manifest}", *pcfg.train.overrides])
+    manifest = _manifest(pcfg)
+    first = curriculum_config(pcfg)
+    start = [f"model_name_or_path={first.output_dir}"] if first is not None else []
+    train_cfg = load_config(pcfg.train.recipe, [f"dataset={manifest}", *start, *pcfg.train.overrides])
+    if first is not None and Path(first.output_dir).resolve() == Path(train_cfg.output_dir).resolve():
+        raise ConfigError(f"curriculum.overrides: output_dir {first.output_dir} is the train stage's too; "
+                          "give the curriculum stage its own")
     eval_cfg = load_config(pcfg.eval.recipe, [f"eval.manifest={manifest}",
                                               f"model_name_or_path={train_cfg.output_dir}", *pcfg.eval.overrides])
     return train_cfg, eval_cfg
@@ -134,6 +156,14 @@ def finished_training(cfg) -> bool:
     return mine == theirs
 
 
+def _started_before(cfg, first) -> bool:
+    """`cfg`'s finished run is older than the `first` stage's finished run it started from."""
+    if first is None:
+        return False
+    done = lambda c: (Path(c.output_dir) / TRAIN_RESULTS).stat().st_mtime_ns  # noqa: E731
+    return done(cfg) < done(first)
+
+
 def run_pipeline(pcfg: PipelineConfig, out=None) -> dict:
     from data_prep.testbed import generate_testbed
     from omnimem_train.eval.grid import format_table, run_eval
@@ -151,8 +181,17 @@ def run_pipeline(pcfg: PipelineConfig, out=None) -> dict:
     generate_testbed(tb.out, tb.train, tb.val, tb.test, tb.spec(), tb.seed, log=say, train_questions=tb.train_questions)
     times["testbed_s"] = round(time.perf_counter() - t0, 1)
 
+    first = curriculum_config(pcfg)
+    if first is not None:
+        t0 = time.perf_counter()
+        if finished_training(first):
+            say(f"[2/{n}] base model, curriculum stage: reusing {first.output_dir} (finished with the same config)")
+        else:
+            say(f"[2/{n}] base model, curriculum stage: training -> {first.output_dir}")
+            run_training(first)
+        times["curriculum_s"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
-    if finished_training(train_cfg):
+    if finished_training(train_cfg) and not _started_before(train_cfg, first):
         say(f"[2/{n}] base model: reusing {train_cfg.output_dir} (finished with the same config)")
     else:
         say(f"[2/{n}] base model: training -> {train_cfg.output_dir}")

@@ -9,10 +9,12 @@ import json
 import os
 
 import pytest
+import torch
 
 from omnimem_train.cli import main
 from omnimem_train.config import load_config
 from omnimem_train.errors import ConfigError
+from omnimem_train.models.builtin import build_tiny_model
 from omnimem_train.pipeline import PipelineConfig, run_pipeline, stage_configs, tune_configs
 
 
@@ -106,3 +108,55 @@ def test_bad_pipeline_input_is_one_line(tmp_path, capsys):
     assert main(["pipeline", "recipes/testbed/pipeline_small.yaml", "testbed.trian=3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "trian" in err[0]
+
+
+def _with_curriculum(tmp_path, *extra):
+    return _cfg(tmp_path, "curriculum.recipe=recipes/testbed/base_full.yaml",
+                f"curriculum.overrides=[output_dir={tmp_path / 'first'},max_steps=1,per_device_train_batch_size=2,"
+                "save_steps=100,dataset_question_types=[temporal_order]]", *extra)
+
+
+def test_curriculum_stage_is_wired_before_the_train_stage(tmp_path):
+    from omnimem_train.pipeline import curriculum_config
+
+    pcfg = _with_curriculum(tmp_path)
+    first = curriculum_config(pcfg)
+    train_cfg, eval_cfg = stage_configs(pcfg)
+    assert first.dataset == train_cfg.dataset == str(tmp_path / "testbed" / "manifest.jsonl")
+    assert first.dataset_question_types == ["temporal_order"] and train_cfg.dataset_question_types == []
+    assert train_cfg.model_name_or_path == first.output_dir == str(tmp_path / "first")
+    assert eval_cfg.model_name_or_path == train_cfg.output_dir
+    assert curriculum_config(_cfg(tmp_path)) is None  # pipeline_small has none
+    assert stage_configs(_cfg(tmp_path))[0].model_name_or_path == "builtin:testbed-omni"
+    with pytest.raises(ConfigError, match="curriculum.overrides: output_dir"):
+        stage_configs(_with_curriculum(tmp_path, f"train.overrides=[output_dir={tmp_path / 'first'}]"))
+
+
+def test_pipeline_trains_the_curriculum_stage_then_from_it(tmp_path):
+    """Both stages train and are reused on a re-run; a newer curriculum run makes the train stage
+    train again (it started from the older weights)."""
+    from safetensors.torch import load_file
+
+    pcfg = _with_curriculum(tmp_path, "tune.recipe=null",
+                            f'eval.overrides=[output_dir={tmp_path / "eval"},"eval.scorers=[recency]",'
+                            '"eval.budget_fractions=[0.0625]","eval.modality=[aware]"]')
+    out = io.StringIO()
+    summary = run_pipeline(pcfg, out=out)
+    log = out.getvalue()
+    assert log.index("curriculum stage: training") < log.index("base model: training")
+    assert set(summary["times"]) == {"testbed_s", "curriculum_s", "train_s", "eval_s", "total_s"}
+    first = load_file(str(tmp_path / "first" / "model.safetensors"))
+    start, _ = build_tiny_model("testbed-omni")
+    key = "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(first[key], start.state_dict()[key])  # the curriculum stage trained
+    assert load_config(tmp_path / "base" / "config.yaml").model_name_or_path == str(tmp_path / "first")
+
+    again = io.StringIO()
+    run_pipeline(pcfg, out=again)
+    assert "curriculum stage: reusing" in again.getvalue() and "base model: reusing" in again.getvalue()
+    done = tmp_path / "first" / "train_results.json"
+    later = (tmp_path / "base" / "train_results.json").stat().st_mtime_ns + 10**9
+    os.utime(done, ns=(later, later))
+    third = io.StringIO()
+    run_pipeline(pcfg, out=third)
+    assert "curriculum stage: reusing" in third.getvalue() and "base model: training" in third.getvalue()

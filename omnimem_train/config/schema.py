@@ -170,7 +170,8 @@ class GenerationConfig:
     answer_format: str = field(
         default="letter",
         metadata={"help": "multiple-choice answers as 'letter' (\"B. green\"), 'option' (\"green\") or "
-                          "'cloze' (\"green\", the prompt without the option lines): the training target "
+                          "'cloze' (\"green\", the prompt without the option lines) or 'completion' (\"green\" "
+                          "continuing the question's last word, no chat template): the training target "
                           "and what inference scores"},
     )
 
@@ -310,6 +311,11 @@ class Config:
     # --- training (`omnimem-train train`; LLaMA-Factory key names) ---------------------------
     dataset: str | None = field(default=None, metadata={"help": "training manifest (JSONL, see omnimem_train/data)"})
     dataset_split: str = field(default="train", metadata={"help": "manifest split to train on"})
+    dataset_question_types: list[str] = field(
+        default_factory=list,
+        metadata={"help": "train only on the rows of these question types (manifest `question_type`); "
+                          "empty: every row. E.g. a first stage on [temporal_order] (recipes/testbed/)"},
+    )
     compression: str = field(
         default="streaming",
         metadata={"help": "streaming: train through the compressed group-wise forward (memory.*); "

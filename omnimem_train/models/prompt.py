@@ -17,15 +17,23 @@ LETTERS = "ABCDEFGHIJ"
 #                         follows the stream 16-31 tokens later instead of 47-75 on the testbed, and
 #                         the prompt's length no longer depends on the options (on the testbed this
 #                         did not make the temporal questions learnable: docs/testbed.md).
-ANSWER_FORMATS = ("letter", "option", "cloze")
+#   completion: "green" -- plain text, no chat template: the system line, the stream, then the
+#                         question as a cloze stem (its closing "?" dropped) that the answer continues
+#                         directly, so the answer is predicted AT the question's last word. For
+#                         models trained from scratch (the testbed's base): a small LLM learns to
+#                         condition on the word it sits on long before it learns to fetch a word
+#                         from earlier in the prompt (benchmarks/temporal_readout.py, docs/testbed.md).
+ANSWER_FORMATS = ("letter", "option", "cloze", "completion")
 _INSTRUCTIONS = {"letter": "Answer with the option's letter.", "option": "Answer with the option."}
 
 
 def format_question(question: str, options: list[str] | None = None, answer_format: str = "letter") -> str:
-    """The question text; with options (and a format other than cloze), one lettered line each and
-    the instruction for `answer_format`."""
+    """The question text; with options (and a format that lists them), one lettered line each and
+    the instruction for `answer_format`. `completion`: the question without its closing "?"."""
     if answer_format not in ANSWER_FORMATS:
         raise KeyError(f"unknown answer format {answer_format!r}; expected one of {ANSWER_FORMATS}")
+    if answer_format == "completion":
+        return question.strip().removesuffix("?").rstrip()
     if not options or answer_format == "cloze":
         return question
     lines = [question] + [option_text(options, i, "letter") for i in range(len(options))]
@@ -33,14 +41,17 @@ def format_question(question: str, options: list[str] | None = None, answer_form
 
 
 def option_text(options: list[str], i: int, answer_format: str = "letter") -> str:
-    """Option `i` written as an answer: "B. green" (letter) or "green" (option, cloze)."""
+    """Option `i` written as an answer: "B. green" (letter) or "green" (the other formats)."""
     return f"{LETTERS[i]}. {options[i]}" if answer_format == "letter" else options[i]
 
 
-def split_chat_prompt(tokenizer, system: str, question: str) -> tuple[list[int], list[int]]:
+def split_chat_prompt(tokenizer, system: str, question: str, answer_format: str = "letter") -> tuple[list[int], list[int]]:
     """-> (prefix_ids, question_ids): prefix = system turn + user header, question = the question,
-    end of turn and assistant header."""
-    if getattr(tokenizer, "chat_template", None):
+    end of turn and assistant header. `completion`: prefix = the system line, question = a newline
+    and the question (already `format_question`ed): the answer follows its last token."""
+    if answer_format == "completion":
+        prefix, suffix = (f"{system}\n" if system else ""), f"\n{question}"
+    elif getattr(tokenizer, "chat_template", None):
         messages = [{"role": "system", "content": system}, {"role": "user", "content": _SENTINEL + question}]
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         prefix, suffix = text.split(_SENTINEL)

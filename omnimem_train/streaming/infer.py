@@ -35,9 +35,10 @@ def answer_question(engine: StreamingEngine, media: MediaInput, question: str, o
                     on_text: Callable[[str], None] | None = None, answer_format: str = "letter") -> InferResult:
     """Stream `media`, then answer. With `options`, each option's text is scored by log-likelihood
     and the best letter is the answer; otherwise greedy decoding, streamed through `on_text`.
-    `answer_format` ("letter" or "option", `prompt.ANSWER_FORMATS`) must match the training target."""
+    `answer_format` (`prompt.ANSWER_FORMATS`) must match the training target."""
     ad = engine.adapter
-    prefix, q_ids = split_chat_prompt(ad.tokenizer, system_prompt, format_question(question, options, answer_format))
+    prefix, q_ids = split_chat_prompt(ad.tokenizer, system_prompt, format_question(question, options, answer_format),
+                                      answer_format)
     engine.policy.expect(media.expected_tokens)
     t0 = time.perf_counter()
     state, _ = engine.prefill(ad.stream(media, prefix), on_group=on_group)

@@ -104,7 +104,7 @@ class StreamSession:
         self.engine = StreamingEngine(adapter, policy, group_size, group_seconds)
         self.state = self.engine.new_state()  # committed memory: what every later question builds on
         self.grouper = Grouper(group_size, group_seconds)
-        prefix, _ = split_chat_prompt(adapter.tokenizer, system_prompt, "")
+        prefix, _ = split_chat_prompt(adapter.tokenizer, system_prompt, "", answer_format)
         mel = LogMelExtractor.from_dir(adapter.model_dir) if getattr(adapter, "model_dir", None) else LogMelExtractor()
         self.chunks = _ChunkBuilder(adapter, media_cfg, prefix, video, audio, mel, audio_window_s)
         self.closed = False
@@ -191,7 +191,7 @@ class StreamSession:
         report = state.report()
         tok = self.adapter.tokenizer
         q_text = format_question(question, options, self.answer_format)
-        _, q_ids = split_chat_prompt(tok, self.system_prompt, q_text)
+        _, q_ids = split_chat_prompt(tok, self.system_prompt, q_text, self.answer_format)
         if options:
             opts = [tok(option_text(options, i, self.answer_format), add_special_tokens=False)["input_ids"]
                     for i in range(len(options))]

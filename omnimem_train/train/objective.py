@@ -58,7 +58,7 @@ class StreamingObjective(nn.Module):
                    full-context forward (`train.full_context`), which gives the same loss faster.
     cache:         an `EncoderCache` (the clip is decoded and encoded once; with a trained audio
                    tower its log-mel is kept and re-encoded).
-    answer_format: the prompt's answer format ("letter" / "option" / "cloze", see `models.prompt`); the
+    answer_format: the prompt's answer format (`models.prompt.ANSWER_FORMATS`); the
                    example's `answer` must already be written in that format.
     train_encoders: which towers run with autograd; with "audio" the vision tower runs without it and
                    the audio is re-encoded from the log-mel (`EncoderCache(train_audio=True)`, which
@@ -121,7 +121,7 @@ class StreamingObjective(nn.Module):
         """-> (prefix ids, question ids, answer ids + eos): the chat prompt split around the media."""
         tok = self.adapter.tokenizer
         question = format_question(ex.question, ex.options, self.answer_format)
-        prefix, q_ids = split_chat_prompt(tok, self.system_prompt, question)
+        prefix, q_ids = split_chat_prompt(tok, self.system_prompt, question, self.answer_format)
         return prefix, q_ids, tok(ex.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
 
     def _stream(self, ex: Example, prefix: list[int]) -> tuple[Iterable[StreamPiece], dict]:

@@ -104,6 +104,20 @@ def _resume_path(cfg) -> str | None:
     return cfg.resume_from_checkpoint
 
 
+def _of_types(samples: list, cfg) -> list:
+    """The samples whose question type is in `cfg.dataset_question_types` (all when it is empty)."""
+    wanted = cfg.dataset_question_types
+    if not wanted:
+        return samples
+    kept = [s for s in samples if s.question_type in wanted]
+    if not kept:
+        present = sorted({str(s.question_type) for s in samples})
+        raise ConfigError(f"dataset_question_types: none of {wanted} in {cfg.dataset} (split "
+                          f"{cfg.dataset_split!r} has {', '.join(present)})")
+    print(f"dataset_question_types: training on {len(kept)} of {len(samples)} rows ({', '.join(wanted)})")
+    return kept
+
+
 def run_training(cfg):
     """Train per `cfg`; returns the Trainer (its state has the log history)."""
     from omnimem_train.data.manifest import read_manifest, to_dataset
@@ -115,6 +129,7 @@ def run_training(cfg):
     samples = read_manifest(cfg.dataset, split=cfg.dataset_split, check_media=True)
     if not samples:
         raise ConfigError(f"dataset: {cfg.dataset}: no samples in split {cfg.dataset_split!r}")
+    samples = _of_types(samples, cfg)
     resume = _resume_path(cfg)
     if cfg.finetuning_type == "lora":  # fail on bad values before any model is loaded
         from omnimem_train.train.lora import lora_target_regex

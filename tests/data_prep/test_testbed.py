@@ -13,6 +13,7 @@ from data_prep.testbed import (
     generate_sample,
     generate_testbed,
     main,
+    make_question,
     split_samples,
     tone_label,
 )
@@ -174,7 +175,9 @@ def test_questions_balanced_and_correct(tmp_path):
             assert answer in heard and not set(wrong) & set(heard)
             assert all(o.endswith(" Hz tone") for o in s.options)
         elif s.question_type == "audio_visual":
-            tone = next(e for e in s.events if e["kind"] == "audio" and e["label"] in s.question)
+            # the tone is named by its frequency, the question's last word (answered on it, as a completion)
+            last_word = s.question.removesuffix("?").split()[-1]
+            tone = next(e for e in s.events if e["kind"] == "audio" and f"{e['freq']:g}" == last_word)
             shown = [v["label"] for v in visual if v["start"] < tone["end"] and tone["start"] < v["end"]]
             assert shown == [answer] and set(seen) <= set(s.options)  # the other squares are distractors
         else:
@@ -183,6 +186,27 @@ def test_questions_balanced_and_correct(tmp_path):
             assert set(seen) <= set(s.options)
     assert {"first", "last"} <= {s.question.split()[-1].rstrip("?") for s in samples}
     assert len({tuple(s.options) for s in samples if s.question_type == "visual_detail"}) > 1
+
+
+def test_each_question_ends_on_the_word_that_decides_it(tmp_path):
+    """As a completion the answer is predicted on the question's last word: that word is one token
+    of the testbed model's tokenizer and names what is asked (docs/testbed.md)."""
+    from omnimem_train.models.builtin import build_tiny_model
+    from omnimem_train.models.prompt import format_question
+
+    _, tok = build_tiny_model("testbed-omni", num_layers=1)
+    samples = split_samples(tmp_path, TestbedSpec(seconds=4.0, n_visual_events=2), 0, "train", 24)
+    for s in samples:
+        stem = format_question(s.question, s.options, "completion")
+        word = stem.split()[-1]
+        assert tok.decode(tok(stem, add_special_tokens=False)["input_ids"][-1:]) == " " + word, stem
+        if s.question_type == "audio_visual":
+            anchor = [a for a in s.events if a["kind"] == "audio" and any(
+                v["kind"] == "visual" and v["start"] == a["start"] for v in s.events)]
+            assert word == f"{anchor[0]['freq']:g}"
+        else:
+            assert word in {"visual_detail": {"show"}, "audio_detail": {"play"},
+                            "temporal_order": {"first", "last"}}[s.question_type], stem
 
 
 def test_several_questions_per_clip(tmp_path):
@@ -263,6 +287,27 @@ def test_generate_testbed_layout_idempotent_resumes(tmp_path):
     (foreign / "manifest.jsonl").write_text("")
     with pytest.raises(ConfigError, match="not written by data_prep.testbed"):
         generate_testbed(foreign, 1, 0, 0, spec)
+
+
+def test_new_question_texts_rewrite_the_manifests_and_keep_the_clips(tmp_path, monkeypatch):
+    """The question texts have their own version: a testbed written with older ones gets new
+    manifests on the next run, its clips untouched."""
+    from data_prep import testbed
+
+    spec, out = TestbedSpec(seconds=4.0), tmp_path / "tb"
+    monkeypatch.setattr(testbed, "_QUESTIONS_VERSION", 1)
+    monkeypatch.setattr(testbed, "make_question", lambda *a: ("old?", *make_question(*a)[1:]))
+    generate_testbed(out, 3, 0, 1, spec, seed=0)
+    old = read_manifest(out / "manifest.jsonl")
+    assert {s.question for s in old} == {"old?"}
+    before = mtimes(out)
+    monkeypatch.undo()
+    generate_testbed(out, 3, 0, 1, spec, seed=0)
+    after = mtimes(out)
+    assert all(after[k] == before[k] for k in before if k.suffix == ".mp4")
+    new = read_manifest(out / "manifest.jsonl")
+    assert len(new) == 4 and "old?" not in {s.question for s in new}
+    assert [(s.id, s.answer, s.options) for s in new] == [(s.id, s.answer, s.options) for s in old]
 
 
 def test_cli(tmp_path, capsys):

@@ -113,3 +113,20 @@ def test_a_changed_builtin_is_saved_under_its_revision(tmp_path, monkeypatch):
     assert path == tmp_path / "builtin" / f"testbed-omni.r{REVISIONS['testbed-omni']}"
     assert (path / "model.safetensors").is_file()
     assert resolve_builtin("tiny-llama")[0] == tmp_path / "builtin" / "tiny-llama"
+
+
+def test_testbed_tokenizer_has_one_token_per_testbed_word():
+    """The words an answer hangs on -- every colour and tone of the testbed generator, and "first" /
+    "last" -- (and "show" / "play") are single tokens of builtin:testbed-omni's tokenizer, both inside a question (after a
+    space) and starting an answer; tiny-omni keeps its small vocabulary."""
+    from data_prep.testbed import COLOURS, TestbedSpec
+
+    _, tok = build_tiny_model("testbed-omni", seed=0, num_layers=1)
+    _, small = build_tiny_model("tiny-omni", seed=0, num_layers=1)
+    enc = lambda t, s: t(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    words = [*COLOURS, *(f"{hz:g}" for hz in TestbedSpec().tones)]
+    for word in words:
+        assert len(enc(tok, word)) == 1 and len(enc(tok, " " + word)) == 1, word
+    for word in ("first", "last", "show", "play"):
+        assert len(enc(tok, " " + word)) == 1, word
+    assert len(enc(small, " last")) > 1 and len(small) < len(tok)

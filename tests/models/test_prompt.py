@@ -3,13 +3,14 @@ the answer format, and the answer text that training targets and inference score
 
 import pytest
 
-from omnimem_train.models.prompt import ANSWER_FORMATS, LETTERS, format_question, option_text
+from omnimem_train.models.builtin import build_tokenizer
+from omnimem_train.models.prompt import ANSWER_FORMATS, LETTERS, format_question, option_text, split_chat_prompt
 
 OPTIONS = ["red", "green", "blue", "yellow"]
 
 
 def test_answer_formats():
-    assert ANSWER_FORMATS == ("letter", "option", "cloze")
+    assert ANSWER_FORMATS == ("letter", "option", "cloze", "completion")
 
 
 @pytest.mark.parametrize("answer_format", ["letter", "option"])
@@ -39,6 +40,23 @@ def test_cloze_prompt_is_the_question_alone():
     answer is the option's text, as with `option`."""
     assert format_question("Which colour came first?", OPTIONS, "cloze") == "Which colour came first?"
     assert [option_text(OPTIONS, i, "cloze") for i in range(4)] == OPTIONS
+
+
+def test_completion_prompt_ends_on_the_questions_last_word():
+    """Completion: no chat template, no options; the question's closing "?" is dropped so the answer
+    is predicted on the question's last word ("first"), right after the stream's text."""
+    tok = build_tokenizer()
+    question = format_question("Which tone was heard first?", OPTIONS, "completion")
+    assert question == "Which tone was heard first"
+    assert format_question("  Describe it. ", OPTIONS, "completion") == "Describe it."
+    prefix, q_ids = split_chat_prompt(tok, "You are a helpful assistant.", question, "completion")
+    assert tok.decode(prefix) == "You are a helpful assistant.\n"
+    assert tok.decode(q_ids) == "\nWhich tone was heard first"
+    assert tok.decode(q_ids[-1:]) == " first"
+    assert split_chat_prompt(tok, "", question, "completion")[0] == []
+    chat_prefix, chat_q = split_chat_prompt(tok, "You are a helpful assistant.", question, "cloze")
+    assert "<|im_start|>" in tok.decode(chat_prefix) and tok.decode(chat_q).endswith("<|im_start|>assistant\n")
+    assert [option_text(OPTIONS, i, "completion") for i in range(4)] == OPTIONS
 
 
 def test_option_text():

@@ -25,7 +25,8 @@ def llama():
 
 def _reference_scores(model, tok, answer_format):
     """Sum of log p(option tokens | stream, question) from one full forward per option."""
-    prefix, q_ids = split_chat_prompt(tok, "sys", format_question("What is shown?", OPTIONS, answer_format))
+    prefix, q_ids = split_chat_prompt(tok, "sys", format_question("What is shown?", OPTIONS, answer_format),
+                                      answer_format)
     context = [i for _, text in CONTEXT for i in tok(text, add_special_tokens=False)["input_ids"]]
     scores = []
     for i, opt in enumerate(OPTIONS):
@@ -39,7 +40,7 @@ def _reference_scores(model, tok, answer_format):
     return scores
 
 
-@pytest.mark.parametrize("answer_format", ["letter", "option", "cloze"])
+@pytest.mark.parametrize("answer_format", ["letter", "option", "cloze", "completion"])
 def test_options_are_scored_in_the_answer_format(llama, answer_format):
     model, ad = llama
     engine = StreamingEngine(ad, FullMemory(), group_size=4)

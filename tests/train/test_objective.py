@@ -121,9 +121,10 @@ def test_group_checkpointing_gives_the_same_loss_and_gradients(lora_omni, scorer
         assert torch.allclose(g0[n], g1[n], atol=1e-6), n
 
 
-@pytest.mark.parametrize("answer_format", ["option", "cloze"])
+@pytest.mark.parametrize("answer_format", ["option", "cloze", "completion"])
 def test_training_prompt_follows_the_answer_format(answer_format):
-    """The objective trains on the prompt inference scores: with cloze, the question alone."""
+    """The objective trains on the prompt inference scores: with cloze, the question alone; with
+    completion, the question's stem with no chat template."""
     from omnimem_train.config.schema import MediaConfig
     from omnimem_train.models.prompt import format_question
     from omnimem_train.train.objective import Example, StreamingObjective
@@ -135,6 +136,9 @@ def test_training_prompt_follows_the_answer_format(answer_format):
     ex = Example(video=None, audio=None, question="Which colour?", options=["red", "blue"], answer="blue")
     prefix, q_ids, a_ids = objective._prompt(ex)
     text = tok.decode(q_ids)
-    assert ("A. red" in text) == (answer_format == "option") and "Which colour?" in text
-    assert (prefix, q_ids) == split_chat_prompt(tok, "s", format_question("Which colour?", ["red", "blue"], answer_format))
+    assert ("A. red" in text) == (answer_format == "option")
+    assert ("Which colour?" if answer_format != "completion" else "Which colour") in text
+    assert (prefix, q_ids) == split_chat_prompt(
+        tok, "s", format_question("Which colour?", ["red", "blue"], answer_format), answer_format)
+    assert ("<|im_start|>" in tok.decode(prefix + q_ids)) == (answer_format != "completion")
     assert a_ids == tok("blue", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]

@@ -159,3 +159,21 @@ def test_questions_about_one_clip_share_a_batch(tiny_manifest, tmp_path, grouped
         assert trainer.model.cache.misses == 4  # each clip encoded once in 4 steps of 2 rows
     else:
         assert any(len(set(b)) == 2 for batches in epochs for b in batches)
+
+
+def test_dataset_question_types_keeps_only_those_rows(tiny_manifest, tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from omnimem_train.errors import ConfigError
+    from omnimem_train.train.run import _of_types
+
+    rows = [SimpleNamespace(question_type=t) for t in ("order", "detail", "order", "av")]
+    cfg = SimpleNamespace(dataset_question_types=["order", "av"], dataset="m.jsonl", dataset_split="train")
+    assert _of_types(rows, cfg) == [rows[0], rows[2], rows[3]]
+    assert "3 of 4 rows" in capsys.readouterr().out
+    assert _of_types(rows, SimpleNamespace(dataset_question_types=[])) is rows  # empty: every row
+    # None of the asked types in the split: a one-line error before any model is loaded.
+    cfg = _cfg(tiny_manifest, tmp_path / "run", "max_steps=1", "dataset_question_types=[temporal_order]")
+    with pytest.raises(ConfigError, match=r"dataset_question_types: none of \['temporal_order'\].*has colour"):
+        run_training(cfg)
+    assert not (tmp_path / "run").exists()

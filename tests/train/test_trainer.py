@@ -22,7 +22,8 @@ def _rows(samples):
     return [ds[i] for i in range(len(ds))]
 
 
-@pytest.mark.parametrize(("answer_format", "target"), [("letter", "C. blue"), ("option", "blue"), ("cloze", "blue")])
+@pytest.mark.parametrize(("answer_format", "target"), [("letter", "C. blue"), ("option", "blue"), ("cloze", "blue"),
+                                                    ("completion", "blue")])
 def test_collate_writes_answers_in_the_format(answer_format, target):
     samples = _samples()
     mc, open_ended = collate(_rows(samples), answer_format)
