@@ -94,12 +94,12 @@ def test_stages_are_wired_to_the_generated_manifest(tmp_path):
     manifest = str(tmp_path / "testbed" / "manifest.jsonl")
     assert train_cfg.dataset == manifest and eval_cfg.eval.manifest == manifest
     assert eval_cfg.model_name_or_path == train_cfg.output_dir == str(tmp_path / "base")
-    assert train_cfg.generation.answer_format == eval_cfg.generation.answer_format == "option"
+    assert train_cfg.generation.answer_format == eval_cfg.generation.answer_format == "completion"
     tune_cfg, tuned_eval = tune_configs(pcfg, train_cfg, eval_cfg)
     assert tune_cfg.model_name_or_path == train_cfg.output_dir and tune_cfg.dataset == manifest
     assert tuned_eval.model_name_or_path == str(tmp_path / "tuned" / "merged")
     assert tuned_eval.output_dir == str(tmp_path / "eval" / "tuned")
-    assert tune_cfg.generation.answer_format == tuned_eval.generation.answer_format == "option"
+    assert tune_cfg.generation.answer_format == tuned_eval.generation.answer_format == "completion"
 
 
 def test_bad_pipeline_input_is_one_line(tmp_path, capsys):
@@ -112,8 +112,8 @@ def test_bad_pipeline_input_is_one_line(tmp_path, capsys):
 
 def _with_curriculum(tmp_path, *extra):
     return _cfg(tmp_path, "curriculum.recipe=recipes/testbed/base_full.yaml",
-                f"curriculum.overrides=[output_dir={tmp_path / 'first'},max_steps=1,per_device_train_batch_size=2,"
-                "save_steps=100,dataset_question_types=[temporal_order]]", *extra)
+                f"curriculum.overrides=[output_dir={tmp_path / 'first'},max_steps=1,warmup_ratio=0,per_device_train_batch_size=2,"
+                '"save_steps=100","dataset_question_types=[temporal_order]"]', *extra)
 
 
 def test_curriculum_stage_is_wired_before_the_train_stage(tmp_path):
@@ -147,8 +147,9 @@ def test_pipeline_trains_the_curriculum_stage_then_from_it(tmp_path):
     assert set(summary["times"]) == {"testbed_s", "curriculum_s", "train_s", "eval_s", "total_s"}
     first = load_file(str(tmp_path / "first" / "model.safetensors"))
     start, _ = build_tiny_model("testbed-omni")
-    key = "model.language_model.layers.0.self_attn.q_proj.weight"
-    assert not torch.equal(first[key], start.state_dict()[key])  # the curriculum stage trained
+    saved = first["model.layers.0.self_attn.q_proj.weight"]  # the checkpoint's name of the LLM's layer 0
+    initial = start.state_dict()["model.language_model.layers.0.self_attn.q_proj.weight"]
+    assert saved.shape == initial.shape and not torch.equal(saved, initial)  # the curriculum stage trained
     assert load_config(tmp_path / "base" / "config.yaml").model_name_or_path == str(tmp_path / "first")
 
     again = io.StringIO()

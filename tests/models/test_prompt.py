@@ -4,7 +4,13 @@ the answer format, and the answer text that training targets and inference score
 import pytest
 
 from omnimem_train.models.builtin import build_tokenizer
-from omnimem_train.models.prompt import ANSWER_FORMATS, LETTERS, format_question, option_text, split_chat_prompt
+from omnimem_train.models.prompt import (
+    ANSWER_FORMATS,
+    LETTERS,
+    format_question,
+    option_text,
+    split_chat_prompt,
+)
 
 OPTIONS = ["red", "green", "blue", "yellow"]
 
