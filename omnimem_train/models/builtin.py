@@ -36,9 +36,10 @@ _CORPUS = [
     "one two three four five six seven eight nine ten 0 1 2 3 4 5 6 7 8 9 seconds minutes frame audio visual",
 ] * 4
 # builtin:testbed-omni's tokenizer also learns the testbed's words, so each colour, tone frequency
-# and "first"/"last" is one token. With the small corpus alone "last" is 4 tokens and "1000" 4
-# digits: answering then needs the model to gather several tokens of the question, which the
-# testbed's 4-layer LLM does not learn in its 45-min budget (docs/testbed.md).
+# and deciding word ("first", "last", "show", "play") is one token. With the small corpus alone
+# "last" is 4 tokens and "1000" 4 digits, so the answer could not be predicted on the deciding
+# word itself; the testbed's decoder does not learn to reach back even one token in 300 probe
+# steps (benchmarks/temporal_readout.py, docs/testbed.md).
 _TESTBED_CORPUS = _CORPUS + [
     "Which colour of square did the video show? Which tone did the video play? Which colour of "
     "square appeared first? Which colour of square appeared last? Which colour of square appeared "
