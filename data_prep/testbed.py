@@ -396,8 +396,6 @@ def make_question(
             if len(pairs) != 1:
                 raise ValueError(f"audio_visual needs exactly one co-occurring pair, got {len(pairs)}")
             tone, square = pairs[0]
-            # The key (the tone) is the last word: answered as a completion (`answer_format:
-            # completion`), the answer is predicted on it (docs/testbed.md).
             question = f"Which colour of square appeared with the tone whose frequency in Hz was {tone['freq']:g}?"
             answer = square["label"]
         else:

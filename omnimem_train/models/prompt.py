@@ -45,6 +45,13 @@ def option_text(options: list[str], i: int, answer_format: str = "letter") -> st
     return f"{LETTERS[i]}. {options[i]}" if answer_format == "letter" else options[i]
 
 
+def question_prompt(tokenizer, system: str, question: str, options: list[str] | None,
+                    answer_format: str = "letter") -> tuple[list[int], list[int]]:
+    """-> (prefix_ids, question_ids) of a multiple-choice or open question in `answer_format`:
+    `format_question` then `split_chat_prompt`, with the same format for both."""
+    return split_chat_prompt(tokenizer, system, format_question(question, options, answer_format), answer_format)
+
+
 def split_chat_prompt(tokenizer, system: str, question: str, answer_format: str = "letter") -> tuple[list[int], list[int]]:
     """-> (prefix_ids, question_ids): prefix = system turn + user header, question = the question,
     end of turn and assistant header. `completion`: prefix = the system line, question = a newline

@@ -10,7 +10,7 @@ import torch
 
 from omnimem_train.memory.report import MemoryReport
 from omnimem_train.models.base import MediaInput
-from omnimem_train.models.prompt import LETTERS, format_question, option_text, split_chat_prompt
+from omnimem_train.models.prompt import LETTERS, option_text, question_prompt
 from omnimem_train.streaming.answer import iter_generate, iter_text, score_options
 from omnimem_train.streaming.engine import StreamingEngine, StreamState
 
@@ -37,8 +37,7 @@ def answer_question(engine: StreamingEngine, media: MediaInput, question: str, o
     and the best letter is the answer; otherwise greedy decoding, streamed through `on_text`.
     `answer_format` (`prompt.ANSWER_FORMATS`) must match the training target."""
     ad = engine.adapter
-    prefix, q_ids = split_chat_prompt(ad.tokenizer, system_prompt, format_question(question, options, answer_format),
-                                      answer_format)
+    prefix, q_ids = question_prompt(ad.tokenizer, system_prompt, question, options, answer_format)
     engine.policy.expect(media.expected_tokens)
     t0 = time.perf_counter()
     state, _ = engine.prefill(ad.stream(media, prefix), on_group=on_group)

@@ -66,8 +66,8 @@ from omnimem_train.models.base import StreamPiece
 from omnimem_train.models.prompt import (
     ANSWER_FORMATS,
     LETTERS,
-    format_question,
     option_text,
+    question_prompt,
     split_chat_prompt,
 )
 from omnimem_train.models.qwen2_5_omni import ChunkCounter, Qwen2_5OmniAdapter
@@ -190,8 +190,7 @@ class StreamSession:
         engine, state = self.snapshot(flush)
         report = state.report()
         tok = self.adapter.tokenizer
-        q_text = format_question(question, options, self.answer_format)
-        _, q_ids = split_chat_prompt(tok, self.system_prompt, q_text, self.answer_format)
+        _, q_ids = question_prompt(tok, self.system_prompt, question, options, self.answer_format)
         if options:
             opts = [tok(option_text(options, i, self.answer_format), add_special_tokens=False)["input_ids"]
                     for i in range(len(options))]

@@ -19,7 +19,7 @@ from torch import nn
 from omnimem_train.config.schema import MediaConfig
 from omnimem_train.memory.report import MemoryReport, full_context_report
 from omnimem_train.models.base import ModelAdapter, StreamPiece
-from omnimem_train.models.prompt import format_question, split_chat_prompt
+from omnimem_train.models.prompt import question_prompt
 from omnimem_train.streaming.answer import answer_loss
 from omnimem_train.streaming.engine import StreamingEngine
 from omnimem_train.streaming.inputs import media_input
@@ -120,8 +120,7 @@ class StreamingObjective(nn.Module):
     def _prompt(self, ex: Example) -> tuple[list[int], list[int], list[int]]:
         """-> (prefix ids, question ids, answer ids + eos): the chat prompt split around the media."""
         tok = self.adapter.tokenizer
-        question = format_question(ex.question, ex.options, self.answer_format)
-        prefix, q_ids = split_chat_prompt(tok, self.system_prompt, question, self.answer_format)
+        prefix, q_ids = question_prompt(tok, self.system_prompt, ex.question, ex.options, self.answer_format)
         return prefix, q_ids, tok(ex.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
 
     def _stream(self, ex: Example, prefix: list[int]) -> tuple[Iterable[StreamPiece], dict]:
