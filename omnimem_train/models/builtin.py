@@ -65,7 +65,9 @@ TESTBED_TEXT = dict(hidden_size=128, intermediate_size=256, num_attention_heads=
 TESTBED_AUDIO_CONV_STD = 1.0
 # A built-in whose weights change gets a new revision: it is saved under `<name>.r<N>`, so a copy
 # saved by an older version is never loaded in its place.
-REVISIONS = {"testbed-omni": 4}  # 3 (unreleased): [8, 4, 4]; 4: and the testbed tokenizer
+# testbed-omni 3 (unreleased): [8, 4, 4]; 4: and the testbed tokenizer; 5 (all three): a tokenizer that
+# loads back as it was built.
+REVISIONS = {"tiny-omni": 2, "testbed-omni": 5, "tiny-llama": 2}
 
 
 def builtin_home() -> Path:
@@ -102,7 +104,7 @@ def build_tokenizer(corpus: list[str] = _CORPUS, vocab_size: int = 512):
     """A byte-level BPE tokenizer with the Qwen2.5-Omni special tokens, trained offline in ~10 ms
     on `corpus`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -110,7 +112,10 @@ def build_tokenizer(corpus: list[str] = _CORPUS, vocab_size: int = 512):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(corpus, trainer)
-    hf = Qwen2Tokenizer(
+    # Not Qwen2Tokenizer: loading a saved one rebuilds Qwen2's own pre-tokenizer (one token per digit,
+    # a regex split) instead of this one, so the saved tokenizer would split "1000" and words this
+    # BPE keeps whole. The generic class saves and loads `tok` exactly (tested).
+    hf = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         extra_special_tokens={
             "image_token": "<|IMAGE|>", "audio_token": "<|AUDIO|>", "video_token": "<|VIDEO|>",

@@ -2,7 +2,11 @@
 at a large std (its frozen random audio tower then separates the testbed's tones), deterministic in
 the seed, and saved under a revision-specific folder."""
 
+import hashlib
+import json
+
 import numpy as np
+import pytest
 import torch
 
 from omnimem_train.memory.policies.full import FullMemory
@@ -112,16 +116,39 @@ def test_a_changed_builtin_is_saved_under_its_revision(tmp_path, monkeypatch):
     assert REVISIONS["testbed-omni"] >= 2 and gguf is None
     assert path == tmp_path / "builtin" / f"testbed-omni.r{REVISIONS['testbed-omni']}"
     assert (path / "model.safetensors").is_file()
-    assert resolve_builtin("tiny-llama")[0] == tmp_path / "builtin" / "tiny-llama"
+    assert resolve_builtin("tiny-llama")[0] == tmp_path / "builtin" / f"tiny-llama.r{REVISIONS['tiny-llama']}"
 
 
-def test_testbed_tokenizer_has_one_token_per_testbed_word():
-    """The words an answer hangs on -- every colour and tone of the testbed generator, and "first" /
-    "last" -- (and "show" / "play") are single tokens of builtin:testbed-omni's tokenizer, both inside a question (after a
-    space) and starting an answer; tiny-omni keeps its small vocabulary."""
+def _saved_tokenizer(name, tmp_path, monkeypatch):
+    """The tokenizer `builtin:<name>` is trained and evaluated with: saved, then loaded as the loader does."""
+    from transformers import AutoTokenizer
+
+    from omnimem_train.models.builtin import resolve_builtin
+
+    monkeypatch.setenv("OMNIMEM_HOME", str(tmp_path))
+    return AutoTokenizer.from_pretrained(str(resolve_builtin(name)[0]), local_files_only=True)
+
+
+@pytest.mark.parametrize("name", ["tiny-omni", "testbed-omni", "tiny-llama"])
+def test_a_saved_builtin_tokenizer_loads_back_as_built(name, tmp_path, monkeypatch):
+    """Qwen2Tokenizer, once saved, loads back with Qwen2's own pre-tokenizer (one token per digit),
+    so the built-ins' tokenizers were not the ones they were built as: "1000" became 4 tokens."""
+    _, built = build_tiny_model(name, seed=0, num_layers=1)
+    loaded = _saved_tokenizer(name, tmp_path, monkeypatch)
+    text = "Which tone did the video play 2000 Hz tone\nwas 1000, red! 12345 <|AUDIO|><|im_end|>  x"
+    assert loaded(text)["input_ids"] == built(text)["input_ids"]
+    assert len(loaded) == len(built) and loaded.get_vocab() == built.get_vocab()
+    assert loaded.chat_template == built.chat_template and loaded.eos_token_id == built.eos_token_id
+
+
+def test_testbed_tokenizer_has_one_token_per_testbed_word(tmp_path, monkeypatch):
+    """The words an answer hangs on -- every colour and tone of the testbed generator, "first" /
+    "last", "show" / "play" -- are single tokens of builtin:testbed-omni's tokenizer as saved and
+    loaded for training, both inside a question (after a space) and starting an answer; tiny-omni
+    keeps its small vocabulary."""
     from data_prep.testbed import COLOURS, TestbedSpec
 
-    _, tok = build_tiny_model("testbed-omni", seed=0, num_layers=1)
+    tok = _saved_tokenizer("testbed-omni", tmp_path, monkeypatch)
     _, small = build_tiny_model("tiny-omni", seed=0, num_layers=1)
     enc = lambda t, s: t(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     words = [*COLOURS, *(f"{hz:g}" for hz in TestbedSpec().tones)]
@@ -130,3 +157,31 @@ def test_testbed_tokenizer_has_one_token_per_testbed_word():
     for word in ("first", "last", "show", "play"):
         assert len(enc(tok, " " + word)) == 1, word
     assert len(enc(small, " last")) > 1 and len(small) < len(tok)
+
+
+# What each built-in's revision is: its config and tokenizer. A built-in that changes without a new
+# revision would leave every machine that saved the old one training on the old one.
+FINGERPRINTS = {
+    ("tiny-omni", 2): "df06b7b03be0f05e",
+    ("testbed-omni", 5): "01098f2ea80f15d3",
+    ("tiny-llama", 2): "e8cadef66ef407ce",
+}
+
+
+def _fingerprint(name: str) -> str:
+    model, tok = build_tiny_model(name, seed=0)
+    config = model.config.to_dict()
+    config.pop("transformers_version", None)
+    blob = json.dumps([config, tok.backend_tokenizer.to_str(), tok.chat_template, TESTBED_AUDIO_CONV_STD],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("name", ["tiny-omni", "testbed-omni", "tiny-llama"])
+def test_a_changed_builtin_needs_a_new_revision(name):
+    from omnimem_train.models.builtin import REVISIONS
+
+    key = (name, REVISIONS.get(name, 1))
+    assert FINGERPRINTS.get(key) == _fingerprint(name), (
+        f"builtin:{name} changed: raise its revision in REVISIONS and record {_fingerprint(name)} here"
+    )
