@@ -29,7 +29,7 @@ import argparse
 import time
 
 import torch
-from temporal_readout import COLOUR_IDS, DIM, POS_PER_S, make_model
+from temporal_readout import DIM, POS_PER_S, make_model, train_readout
 
 SECONDS, N_COLOURS, N_TONES = 4, 6, 5
 TONE_IDS = torch.tensor([101, 150, 203, 250, 333])
@@ -80,31 +80,16 @@ def batch(lm, colours, tones, n: int, gen: torch.Generator, grid: int, chunk: in
 
 def run(args) -> list[float]:
     model = make_model([8, 4, 4])
-    lm, head = model.model.language_model, model.lm_head
+    lm = model.model.language_model
     gen = torch.Generator().manual_seed(1)
     colours = torch.randn(N_COLOURS, DIM, generator=gen) * 0.05
     tones = torch.randn(N_TONES, DIM, generator=gen) * 0.05
-    params = [p for n, p in model.named_parameters() if "language_model" in n or "lm_head" in n]
-    opt = torch.optim.AdamW(params, lr=3e-3, weight_decay=0.0)
     shape = dict(grid=args.grid, chunk=args.chunk, mode=args.mode)
     held_out = batch(lm, colours, tones, 256, torch.Generator().manual_seed(999), **shape)
-
-    def logits(emb, pos):
-        mask = torch.ones(emb.shape[:2])
-        return head(lm(inputs_embeds=emb, position_ids=pos, attention_mask=mask).last_hidden_state[:, -1])[:, COLOUR_IDS]
-
-    accs = []
-    for step in range(1, args.steps + 1):
-        emb, pos, tgt = batch(lm, colours, tones, 32, gen, **shape)
-        loss = torch.nn.functional.cross_entropy(logits(emb, pos), tgt)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 100 == 0:
-            with torch.no_grad():
-                accs.append((logits(*held_out[:2]).argmax(-1) == held_out[2]).float().mean().item())
-            print(f"step {step}: held-out {accs[-1]:.2f}, train loss {loss.item():.3f}", flush=True)
-    return accs
+    return train_readout(
+        model, lambda n, g: batch(lm, colours, tones, n, g, **shape), held_out, args.steps, gen,
+        log=lambda step, acc, loss: print(f"step {step}: held-out {acc:.2f}, train loss {loss:.3f}", flush=True),
+    )
 
 
 def main() -> None:

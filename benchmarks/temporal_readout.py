@@ -73,23 +73,21 @@ def batch(lm, colours, n: int, gen: torch.Generator, grid: int, question_tokens:
     return torch.stack(embeds), torch.stack(positions, 1), torch.stack(targets)
 
 
-def run(mrope_section, tail, args) -> list[float]:
-    model = make_model(mrope_section)
+def train_readout(model, make_batch, held_out, steps: int, gen: torch.Generator, log=None) -> list[float]:
+    """Train the decoder (AdamW lr 3e-3, batches of 32 from `make_batch(n, gen)` -> embeds (n, L, D),
+    positions (3, n, L), target colour (n,)) on the colour predicted at the last position; -> the
+    held-out accuracy every 100 steps (`log(step, accuracy, loss)` is called with each)."""
     lm, head = model.model.language_model, model.lm_head
-    gen = torch.Generator().manual_seed(1)
-    colours = torch.randn(N_COLOURS, DIM, generator=gen) * 0.05
     params = [p for n, p in model.named_parameters() if "language_model" in n or "lm_head" in n]
     opt = torch.optim.AdamW(params, lr=3e-3, weight_decay=0.0)
-    shape = dict(grid=args.grid, question_tokens=args.question_tokens, tail=tail, jitter=args.jitter)
-    held_out = batch(lm, colours, 256, torch.Generator().manual_seed(999), **shape)
 
     def logits(emb, pos):
         mask = torch.ones(emb.shape[:2])
         return head(lm(inputs_embeds=emb, position_ids=pos, attention_mask=mask).last_hidden_state[:, -1])[:, COLOUR_IDS]
 
     accs = []
-    for step in range(1, args.steps + 1):
-        emb, pos, tgt = batch(lm, colours, 32, gen, **shape)
+    for step in range(1, steps + 1):
+        emb, pos, tgt = make_batch(32, gen)
         loss = torch.nn.functional.cross_entropy(logits(emb, pos), tgt)
         opt.zero_grad()
         loss.backward()
@@ -98,7 +96,19 @@ def run(mrope_section, tail, args) -> list[float]:
             with torch.no_grad():
                 emb, pos, tgt = held_out
                 accs.append((logits(emb, pos).argmax(-1) == tgt).float().mean().item())
+            if log:
+                log(step, accs[-1], loss.item())
     return accs
+
+
+def run(mrope_section, tail, args) -> list[float]:
+    model = make_model(mrope_section)
+    lm = model.model.language_model
+    gen = torch.Generator().manual_seed(1)
+    colours = torch.randn(N_COLOURS, DIM, generator=gen) * 0.05
+    shape = dict(grid=args.grid, question_tokens=args.question_tokens, tail=tail, jitter=args.jitter)
+    held_out = batch(lm, colours, 256, torch.Generator().manual_seed(999), **shape)
+    return train_readout(model, lambda n, g: batch(lm, colours, n, g, **shape), held_out, args.steps, gen)
 
 
 def main() -> None:
