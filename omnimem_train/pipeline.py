@@ -157,17 +157,31 @@ def finished_training(cfg) -> bool:
 
 
 def _started_before(cfg, first) -> bool:
-    """`cfg`'s finished run is older than the `first` stage's finished run it started from."""
+    """`cfg`'s finished run is older than the `first` stage's finished run it started from (False
+    when either has not finished)."""
     if first is None:
         return False
-    done = lambda c: (Path(c.output_dir) / TRAIN_RESULTS).stat().st_mtime_ns  # noqa: E731
-    return done(cfg) < done(first)
+    mine, theirs = (Path(c.output_dir) / TRAIN_RESULTS for c in (cfg, first))
+    return mine.exists() and theirs.exists() and mine.stat().st_mtime_ns < theirs.stat().st_mtime_ns
+
+
+def _train_stage(cfg, label: str, say, stale: bool = False) -> float:
+    """Train `cfg` unless its output_dir holds a finished run of the same config (and not `stale`);
+    -> the stage's wall seconds."""
+    from omnimem_train.train.run import run_training
+
+    t0 = time.perf_counter()
+    if finished_training(cfg) and not stale:
+        say(f"{label}: reusing {cfg.output_dir} (finished with the same config)")
+    else:
+        say(f"{label}: training -> {cfg.output_dir}")
+        run_training(cfg)
+    return round(time.perf_counter() - t0, 1)
 
 
 def run_pipeline(pcfg: PipelineConfig, out=None) -> dict:
     from data_prep.testbed import generate_testbed
     from omnimem_train.eval.grid import format_table, run_eval
-    from omnimem_train.train.run import run_training
 
     out = out or sys.stdout
     say = lambda msg: print(msg, file=out, flush=True)  # noqa: E731
@@ -183,20 +197,8 @@ def run_pipeline(pcfg: PipelineConfig, out=None) -> dict:
 
     first = curriculum_config(pcfg)
     if first is not None:
-        t0 = time.perf_counter()
-        if finished_training(first):
-            say(f"[2/{n}] base model, curriculum stage: reusing {first.output_dir} (finished with the same config)")
-        else:
-            say(f"[2/{n}] base model, curriculum stage: training -> {first.output_dir}")
-            run_training(first)
-        times["curriculum_s"] = round(time.perf_counter() - t0, 1)
-    t0 = time.perf_counter()
-    if finished_training(train_cfg) and not _started_before(train_cfg, first):
-        say(f"[2/{n}] base model: reusing {train_cfg.output_dir} (finished with the same config)")
-    else:
-        say(f"[2/{n}] base model: training -> {train_cfg.output_dir}")
-        run_training(train_cfg)
-    times["train_s"] = round(time.perf_counter() - t0, 1)
+        times["curriculum_s"] = _train_stage(first, f"[2/{n}] base model, curriculum stage", say)
+    times["train_s"] = _train_stage(train_cfg, f"[2/{n}] base model", say, stale=_started_before(train_cfg, first))
 
     t0 = time.perf_counter()
     say(f"[3/{n}] evaluation -> {eval_cfg.output_dir}")
