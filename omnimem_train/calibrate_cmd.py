@@ -71,22 +71,69 @@ def format_table(stats, scores, layers) -> str:
     return "\n".join(lines)
 
 
+def run_calibration(adapter, cfg, inputs: list[str], output: Path, total: int, err=None):
+    """Stream `inputs` uncompressed through `adapter`, measure the statistics, allocate `total`
+    audio+visual tokens over the layers (T = memory.temperature, ρ = memory.rho) and write the
+    budget JSON `output` (with the statistics) and its plot -> (per-layer [audio, visual], stats, scores).
+
+    The one calibration path: `omnimem-train calibrate` and the eval grid's calibrated allocation."""
+    import torch
+
+    from omnimem_train.memory.calibrate import CalibrationCollector, allocate, layer_scores, write_budget_file
+    from omnimem_train.memory.plots import plot_budgets
+    from omnimem_train.models.prompt import split_chat_prompt
+    from omnimem_train.streaming.engine import StreamingEngine
+    from omnimem_train.streaming.inputs import media_input
+
+    err = err or sys.stderr
+    n_layers = len(adapter.decoder_layers)
+    prefix, _ = split_chat_prompt(adapter.tokenizer, cfg.generation.system_prompt, "", cfg.generation.answer_format)
+    collector = CalibrationCollector(n_layers, cfg.memory.query_block)
+    used = []
+    for k, path in enumerate(inputs):
+        one = CalibrationCollector(n_layers, cfg.memory.query_block)  # merged only if the whole stream reads
+        engine = StreamingEngine(adapter, one, cfg.memory.group_size, cfg.memory.group_seconds)
+        try:
+            media, _ = media_input(adapter, cfg.media, **_media_args(path))
+            with torch.no_grad():
+                state, _ = engine.prefill(adapter.stream(media, prefix))
+        except MediaError as e:
+            print(f"warning: skipping calibration input {k + 1}/{len(inputs)}: {e}", file=err)
+            continue
+        collector.merge(one)
+        used.append(path)
+        t = one.tokens
+        print(f"sample {k + 1}/{len(inputs)}: {path}: {state.tokens_seen} tokens "
+              f"({t['visual']} visual, {t['audio']} audio, {t['text']} text)", file=err, flush=True)
+    if not used:
+        raise MediaError(f"none of the {len(inputs)} calibration inputs could be read")
+    stats = collector.stats()
+    if all(e is None for e in stats.entropy["all"]):
+        raise MediaError("the calibration inputs hold no audio or visual tokens; nothing to calibrate")
+    temperature, rho = cfg.memory.temperature, cfg.memory.rho
+    layers = allocate(stats, total, temperature, rho)
+    scores = layer_scores(stats)
+    per_layer = [{"layer": i, **row, "g": scores[i]} for i, row in enumerate(stats.per_layer())]
+    meta = {"total": total, "temperature": temperature, "rho": rho, "model": cfg.model_name_or_path,
+            "samples": stats.samples, "inputs": used, "tokens": stats.tokens, "stats": per_layer}
+    write_budget_file(output, layers, meta)
+    audio = sum(a for a, _ in layers)
+    title = (f"{cfg.model_name_or_path}: {total} audio+visual tokens over {n_layers} layers\n"
+             f"T={temperature:g}, rho={rho:g}, audio {audio / max(total, 1):.1%}, {stats.samples} samples")
+    plot_budgets(layers, output.with_suffix(".png"), title)
+    return layers, stats, scores
+
+
 def cmd_calibrate(args) -> int:
     import torch
 
     from omnimem_train.config import load_config, save_config
-    from omnimem_train.memory.calibrate import CalibrationCollector, allocate, layer_scores, write_budget_file
-    from omnimem_train.memory.plots import plot_budgets
     from omnimem_train.models.load import load_adapter
-    from omnimem_train.models.prompt import split_chat_prompt
     from omnimem_train.models.qwen2_5_omni import Qwen2_5OmniAdapter
-    from omnimem_train.streaming.engine import StreamingEngine
-    from omnimem_train.streaming.inputs import media_input
 
     cfg = load_config(args.recipe, args.overrides)
     run_dir = Path(cfg.output_dir)
     output = Path(cfg.calibration.output) if cfg.calibration.output else run_dir / "budgets.json"
-    plot_path = output.with_suffix(".png")
     _check_total(cfg)  # before loading the model: fail fast
     torch.manual_seed(cfg.seed)
     adapter = load_adapter(cfg.model_name_or_path, cfg.dtype, cfg.device, cfg.attn_implementation,
@@ -106,43 +153,11 @@ def cmd_calibrate(args) -> int:
         print(f"note: calibration.inputs is empty; streaming {len(inputs)} generated "
               f"{cfg.calibration.clip_seconds:g}-s clips", file=sys.stderr)
     save_config(cfg, run_dir)
-    prefix, _ = split_chat_prompt(adapter.tokenizer, cfg.generation.system_prompt, "", cfg.generation.answer_format)
-    collector = CalibrationCollector(n_layers, cfg.memory.query_block)
-    used = []
-    for k, path in enumerate(inputs):
-        one = CalibrationCollector(n_layers, cfg.memory.query_block)  # merged only if the whole stream reads
-        engine = StreamingEngine(adapter, one, cfg.memory.group_size, cfg.memory.group_seconds)
-        try:
-            media, _ = media_input(adapter, cfg.media, **_media_args(path))
-            with torch.no_grad():
-                state, _ = engine.prefill(adapter.stream(media, prefix))
-        except MediaError as e:
-            print(f"warning: skipping calibration input {k + 1}/{len(inputs)}: {e}", file=sys.stderr)
-            continue
-        collector.merge(one)
-        used.append(path)
-        t = one.tokens
-        print(f"sample {k + 1}/{len(inputs)}: {path}: {state.tokens_seen} tokens "
-              f"({t['visual']} visual, {t['audio']} audio, {t['text']} text)", file=sys.stderr, flush=True)
-    if not used:
-        raise MediaError(f"none of the {len(inputs)} calibration inputs could be read")
-    stats = collector.stats()
-    if all(e is None for e in stats.entropy["all"]):
-        raise MediaError("the calibration inputs hold no audio or visual tokens; nothing to calibrate")
-    temperature, rho = cfg.memory.temperature, cfg.memory.rho
-    layers = allocate(stats, total, temperature, rho)
-    scores = layer_scores(stats)
-    per_layer = [{"layer": i, **row, "g": scores[i]} for i, row in enumerate(stats.per_layer())]
-    meta = {"total": total, "temperature": temperature, "rho": rho, "model": cfg.model_name_or_path,
-            "samples": stats.samples, "inputs": used, "tokens": stats.tokens, "stats": per_layer}
-    write_budget_file(output, layers, meta)
-    audio = sum(a for a, _ in layers)
-    title = (f"{cfg.model_name_or_path}: {total} audio+visual tokens over {n_layers} layers\n"
-             f"T={temperature:g}, rho={rho:g}, audio {audio / max(total, 1):.1%}, {stats.samples} samples")
-    plot_budgets(layers, plot_path, title)
+    layers, stats, scores = run_calibration(adapter, cfg, inputs, output, total)
     print(format_table(stats, scores, layers))
-    print(f"budgets: {output}  (use it with memory.budget_file={output})")
-    print(f"plot:    {plot_path}")
+    print(f"budgets: {output}  (use it with memory.budget_file={output}: absolute budgets, or with memory.budget / "
+          "memory.budget_fraction the per-layer profile at that size)")
+    print(f"plot:    {output.with_suffix('.png')}")
     print(f"config:  {run_dir / 'config.yaml'}")
     return 0
 

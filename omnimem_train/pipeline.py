@@ -1,16 +1,21 @@
 """`omnimem-train pipeline RECIPE.yaml [key=value ...]`: the testbed job end to end.
 
     1. generate the testbed (`data_prep.testbed`; reused when its files and arguments are unchanged),
-    2. train the base model with the `train` stage's recipe (reused when `output_dir` already holds
-       a finished model trained with the same resolved config); with `curriculum.recipe` set, a
-       first training stage runs before it (e.g. only the temporal questions) and `train` starts
-       from its output,
-    3. evaluate it with the `eval` stage's recipe: full memory plus the scorer x budget grid, print
-       the table and write the plot (finished cells are skipped on re-runs),
+    2. the base model: `base_model` (a trained model folder, e.g. the one shipped in
+       `assets/testbed-base`) unless `train_base: true` or no base_model is given, in which case
+       the `train` stage's recipe trains it (reused when `output_dir` already holds a finished model
+       trained with the same resolved config); with `curriculum.recipe` set, a first training
+       stage runs before it and `train` starts from its output,
+    3. evaluate it with the `eval` stage's recipe: full memory plus the scorer x budget x allocation
+       grid (the calibrated allocation is measured on train-split clips), print the table and the
+       paired comparisons, write the plot (finished cells are skipped on re-runs),
     4. (when `tune.recipe` is set) budget-aware LoRA on the base model with the `tune` recipe, export
        the merged model (`omnimem-train export`), evaluate it with the eval recipe plus
-       `tune.eval_overrides` (the budget it was tuned for), and print training-free vs tuned
-       accuracy side by side for the cells both evaluated.
+       `tune.eval_overrides`; with `tune.calibrated` the tuning runs under the eval stage's
+       calibrated profile and the export is evaluated with that same profile, so the model is
+       trained at exactly the budget and allocation it is evaluated at. `control` (optional) is a
+       second tuning run wired the same way (e.g. full-context LoRA with the same steps). The
+       training-free and tuned accuracies are printed side by side with paired CIs.
 
 The stages are the ordinary `train` / `eval` recipes; the pipeline only points them at the
 generated manifest and at each other (`dataset`, `eval.manifest`, `model_name_or_path`), then adds
@@ -78,15 +83,35 @@ class TuneSection(StageSection):
     eval_overrides: list[str] = field(
         default_factory=list, metadata={"help": "overrides for evaluating the tuned model (its budget, output_dir)"}
     )
+    calibrated: bool = field(
+        default=False,
+        metadata={"help": "train under the eval stage's calibrated per-layer profile (memory.budget_file) and "
+                          "evaluate the export with that same profile (eval.calibration_profile)"},
+    )
 
 
 @dataclass
 class PipelineConfig:
     testbed: TestbedSection = field(default_factory=TestbedSection)
+    base_model: str | None = field(
+        default=None,
+        metadata={"help": "a trained base model folder to evaluate and tune (e.g. assets/testbed-base); "
+                          "null or train_base: true trains one with the train stage"},
+    )
+    train_base: bool = field(default=False, metadata={"help": "train the base model even when base_model is set"})
     curriculum: StageSection = field(default_factory=StageSection)
     train: StageSection = field(default_factory=StageSection)
     eval: StageSection = field(default_factory=StageSection)
     tune: TuneSection = field(default_factory=TuneSection)
+    control: TuneSection = field(default_factory=TuneSection)
+
+    def __post_init__(self) -> None:
+        _require(self.base_model is None or (isinstance(self.base_model, str) and self.base_model.strip() != ""),
+                 "base_model", self.base_model, "a model folder or null")
+
+    @property
+    def uses_shipped_base(self) -> bool:
+        return self.base_model is not None and not self.train_base
 
 
 def curriculum_config(pcfg: PipelineConfig):
@@ -117,21 +142,43 @@ def stage_configs(pcfg: PipelineConfig):
     if first is not None and Path(first.output_dir).resolve() == Path(train_cfg.output_dir).resolve():
         raise ConfigError(f"curriculum.overrides: output_dir {first.output_dir} is the train stage's too; "
                           "give the curriculum stage its own")
-    eval_cfg = load_config(pcfg.eval.recipe, [f"eval.manifest={manifest}",
-                                              f"model_name_or_path={train_cfg.output_dir}", *pcfg.eval.overrides])
+    base = base_model(pcfg, train_cfg)
+    eval_cfg = load_config(pcfg.eval.recipe, [f"eval.manifest={manifest}", f"model_name_or_path={base}",
+                                              *pcfg.eval.overrides])
+    for name in ("tune", "control"):
+        if getattr(pcfg, name).recipe and getattr(pcfg, name).calibrated and \
+                "calibrated" not in eval_cfg.eval.allocations:
+            raise ConfigError(f"{name}.calibrated: needs the eval stage's calibrated profile, but its "
+                              f"eval.allocations {eval_cfg.eval.allocations} has no calibrated")
     return train_cfg, eval_cfg
 
 
-def tune_configs(pcfg: PipelineConfig, train_cfg, eval_cfg):
-    """-> (LoRA Config on the base model, eval Config of its merged export)."""
-    from omnimem_train.config import load_config
+def base_model(pcfg: PipelineConfig, train_cfg) -> str:
+    """The base model the pipeline evaluates and tunes: the given folder, or the train stage's output."""
+    if pcfg.uses_shipped_base:
+        if not (Path(pcfg.base_model) / "config.json").is_file():
+            raise ConfigError(f"base_model: {pcfg.base_model}: not a model folder (no config.json); "
+                              "set train_base=true to train one")
+        return pcfg.base_model
+    return train_cfg.output_dir
 
-    tune_cfg = load_config(pcfg.tune.recipe, [f"dataset={train_cfg.dataset}",
-                                              f"model_name_or_path={train_cfg.output_dir}", *pcfg.tune.overrides])
+
+def tune_configs(pcfg: PipelineConfig, train_cfg, eval_cfg, section: str = "tune"):
+    """-> (LoRA Config on the base model, eval Config of its merged export) for the `tune` (or
+    `control`) section."""
+    from omnimem_train.config import load_config
+    from omnimem_train.eval.calibration import calibration_path
+
+    sec: TuneSection = getattr(pcfg, section)
+    profile = str(calibration_path(eval_cfg))
+    calibrated = [f"memory.budget_file={profile}"] if sec.calibrated else []
+    tune_cfg = load_config(sec.recipe, [f"dataset={train_cfg.dataset}", f"model_name_or_path={eval_cfg.model_name_or_path}",
+                                        *calibrated, *sec.overrides])
     merged = str(Path(tune_cfg.output_dir) / "merged")
     tuned_eval = load_config(pcfg.eval.recipe, [f"eval.manifest={eval_cfg.eval.manifest}", *pcfg.eval.overrides,
-                                                f"output_dir={Path(eval_cfg.output_dir) / 'tuned'}",
-                                                f"model_name_or_path={merged}", *pcfg.tune.eval_overrides])
+                                                f"output_dir={Path(eval_cfg.output_dir) / section}",
+                                                f"model_name_or_path={merged}",
+                                                f"eval.calibration_profile={profile}", *sec.eval_overrides])
     return tune_cfg, tuned_eval
 
 
@@ -182,79 +229,133 @@ def _train_stage(cfg, label: str, say, stale: bool = False) -> float:
 def run_pipeline(pcfg: PipelineConfig, out=None) -> dict:
     from data_prep.testbed import generate_testbed
     from omnimem_train.eval.grid import format_table, run_eval
+    from omnimem_train.eval.paired import format_comparisons
 
     out = out or sys.stdout
     say = lambda msg: print(msg, file=out, flush=True)  # noqa: E731
     train_cfg, eval_cfg = stage_configs(pcfg)
     tb, times, t_all = pcfg.testbed, {}, time.perf_counter()
 
-    tune = bool(pcfg.tune.recipe)
-    n = 4 if tune else 3
+    tunes = [name for name in ("tune", "control") if getattr(pcfg, name).recipe]
+    n = 3 + len(tunes)
     t0 = time.perf_counter()
     say(f"[1/{n}] testbed: {tb.train} train / {tb.val} val / {tb.test} test clips of {tb.seconds:g} s -> {tb.out}")
     generate_testbed(tb.out, tb.train, tb.val, tb.test, tb.spec(), tb.seed, log=say, train_questions=tb.train_questions)
     times["testbed_s"] = round(time.perf_counter() - t0, 1)
 
-    first = curriculum_config(pcfg)
-    if first is not None:
-        times["curriculum_s"] = _train_stage(first, f"[2/{n}] base model, curriculum stage", say)
-    times["train_s"] = _train_stage(train_cfg, f"[2/{n}] base model", say, stale=_started_before(train_cfg, first))
+    if pcfg.uses_shipped_base:
+        say(f"[2/{n}] base model: {pcfg.base_model} (trained and shipped; train_base=true retrains it)")
+    else:
+        first = curriculum_config(pcfg)
+        if first is not None:
+            times["curriculum_s"] = _train_stage(first, f"[2/{n}] base model, curriculum stage", say)
+        times["train_s"] = _train_stage(train_cfg, f"[2/{n}] base model", say,
+                                        stale=_started_before(train_cfg, first))
 
     t0 = time.perf_counter()
     say(f"[3/{n}] evaluation -> {eval_cfg.output_dir}")
     summary = run_eval(eval_cfg)
     times["eval_s"] = round(time.perf_counter() - t0, 1)
     say(format_table(summary["cells"]))
-    say(f"plot: {summary['plot']}")
-    record = {"train_output_dir": train_cfg.output_dir, "summary": summary["summary"]}
+    if summary["comparisons"]:
+        say("paired comparisons (same clips; 'beats' only when the 95% CI of the difference excludes 0):")
+        say(format_comparisons(summary["comparisons"]))
+    record = {"base_model": eval_cfg.model_name_or_path, "summary": summary["summary"]}
 
-    if tune:
+    for k, name in enumerate(tunes):
         t0 = time.perf_counter()
-        tuned = _tune_export_eval(pcfg, train_cfg, eval_cfg, say, n)
-        times["tune_s"] = round(time.perf_counter() - t0, 1)
-        say(format_side_by_side(summary["cells"], tuned["cells"]))
-        record["tuned_summary"] = tuned["summary"]
-        summary = {**summary, "tuned": tuned}
+        tuned = _tune_export_eval(pcfg, train_cfg, eval_cfg, say, f"[{4 + k}/{n}]", name)
+        times[f"{name}_s"] = round(time.perf_counter() - t0, 1)
+        say(format_side_by_side(summary["cells"], tuned["cells"], name, _predictions(eval_cfg),
+                                _predictions(tuned["config"])))
+        record[f"{name}_summary"] = tuned["summary"]
+        summary = {**summary, name: tuned}
     times["total_s"] = round(time.perf_counter() - t_all, 1)
     say("wall time: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in times.items()))
+    say(f"results: {Path(eval_cfg.output_dir) / 'summary.md'} (per question type, paired comparisons), "
+        f"plot: {summary['plot']}")
     atomic_write_text(Path(eval_cfg.output_dir) / "pipeline.json",
                       json.dumps({"times": times, **record}, indent=2) + "\n")
     return {**summary, "times": times}
 
 
-def _tune_export_eval(pcfg: PipelineConfig, train_cfg, eval_cfg, say, n: int) -> dict:
-    """Step 4: budget-aware LoRA on the base, export (merge + verify), evaluate the export."""
+def _predictions(cfg) -> dict[str, list[dict]]:
+    from omnimem_train.eval.paired import read_cells
+
+    return read_cells(cfg.output_dir)
+
+
+def _tune_export_eval(pcfg: PipelineConfig, train_cfg, eval_cfg, say, step: str, section: str) -> dict:
+    """Budget-aware LoRA (or the control run) on the base, export (merge + verify), evaluate the export."""
     from omnimem_train.eval.grid import run_eval
     from omnimem_train.export.run import export_run
     from omnimem_train.train.run import run_training
 
-    tune_cfg, tuned_eval = tune_configs(pcfg, train_cfg, eval_cfg)
+    tune_cfg, tuned_eval = tune_configs(pcfg, train_cfg, eval_cfg, section)
     merged = Path(tuned_eval.model_name_or_path)
     export_record = merged / "omnimem_export.json"
     adapter = Path(tune_cfg.output_dir) / "adapter_model.safetensors"
     if (finished_training(tune_cfg) and export_record.exists() and adapter.exists()
             and export_record.stat().st_mtime_ns >= adapter.stat().st_mtime_ns):
-        say(f"[4/{n}] budget-aware LoRA: reusing {tune_cfg.output_dir} and its export {merged}")
+        say(f"{step} {section}: reusing {tune_cfg.output_dir} and its export {merged}")
     else:
-        say(f"[4/{n}] budget-aware LoRA on the base model -> {tune_cfg.output_dir}")
+        say(f"{step} {section}: LoRA on the base model ({_describe_training(tune_cfg)}) -> {tune_cfg.output_dir}")
         run_training(tune_cfg)
         export_run(tune_cfg.output_dir, merged, overwrite=True, log=say)
     say(f"      evaluating the exported model -> {tuned_eval.output_dir}")
-    return run_eval(tuned_eval)
+    return {**run_eval(tuned_eval), "config": tuned_eval}
 
 
-def format_side_by_side(free: list[dict], tuned: list[dict]) -> str:
-    """Training-free vs tuned accuracy for the cells (scorer, budget, memory) both evaluated."""
+def _describe_training(cfg) -> str:
+    if cfg.compression == "none":
+        return f"full context, {cfg.max_steps} steps"
+    m = cfg.memory
+    size = (f"budget_fraction {m.budget_fraction:g}" if m.budget_fraction is not None else
+            f"budget {m.budget}" if m.budget is not None else f"compression_ratio {m.compression_ratio}")
+    if cfg.train_budget_fractions:
+        size = f"budget_fraction drawn in {cfg.train_budget_fractions} per batch"
+    alloc = "calibrated" if m.budget_file else ("uniform" if m.modality_aware else "blind")
+    return f"{m.scorer}, {size}, {alloc} allocation, {cfg.max_steps} steps"
+
+
+def format_side_by_side(free: list[dict], tuned: list[dict], label: str = "tuned",
+                        free_pred: dict | None = None, tuned_pred: dict | None = None) -> str:
+    """Training-free vs tuned accuracy for the cells both evaluated, with the paired 95% CI of the
+    difference on the same clips (when the predictions are given). When tuning changed no answer,
+    the table says so and why it cannot differ."""
     from omnimem_train.eval.grid import accuracy_str, budget_str
+    from omnimem_train.eval.paired import pair_predictions, paired_bootstrap
 
-    key = lambda c: (c["scorer"], budget_str(c), c.get("modality"))  # noqa: E731
+    key = lambda c: (c["scorer"], budget_str(c), c.get("allocation"))  # noqa: E731
     before = {key(c): c for c in free}
-    lines = [f"{'scorer':<12} {'budget':>8} {'memory':<6} {'training-free':<22} {'tuned (exported)':<22}", "-" * 74]
+    lines = [f"{'scorer':<12} {'budget':>8} {'allocation':<10} {'training-free':<22} {label + ' (exported)':<22} "
+             f"{'paired diff [95% CI]':<26} changed answers", "-" * 112]
+    unchanged = []
     for c in tuned:
-        if key(c) in before:
-            lines.append(f"{c['scorer']:<12} {budget_str(c):>8} {c.get('modality') or '-':<6} "
-                         f"{accuracy_str(before[key(c)]):<22} {accuracy_str(c):<22}")
+        if key(c) not in before:
+            continue
+        b = before[key(c)]
+        paired, changed = "", ""
+        if free_pred is not None and tuned_pred is not None and b["cell"] in free_pred and c["cell"] in tuned_pred:
+            x, y = pair_predictions(tuned_pred[c["cell"]], free_pred[b["cell"]])
+            r = paired_bootstrap(x, y)
+            paired = f"{r.diff:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}]"
+            choices = _changed_choices(free_pred[b["cell"]], tuned_pred[c["cell"]])
+            changed = f"{choices} of {r.n}"
+            if choices == 0:
+                unchanged.append(c["cell"])
+        lines.append(f"{c['scorer']:<12} {budget_str(c):>8} {c.get('allocation') or '-':<10} "
+                     f"{accuracy_str(b):<22} {accuracy_str(c):<22} {paired:<26} {changed}")
+    if unchanged:
+        lines.append(f"note: {label} changed no answer in {', '.join(unchanged)}: every clip's best option is the "
+                     "same before and after, so the accuracies are equal by construction (the adapter moved the "
+                     "option scores too little to flip any; see the option_scores in the cells' predictions.jsonl)")
     return "\n".join(lines)
+
+
+def _changed_choices(before: list[dict], after: list[dict]) -> int:
+    by_id = {r["id"]: r["choice"] for r in before}
+    return sum(1 for r in after if r["id"] in by_id and by_id[r["id"]] != r["choice"])
 
 
 def cmd_pipeline(args) -> int:

@@ -42,7 +42,7 @@ CONFIG_FILENAME = "config.yaml"
 _SAVED_HEADER = "# Fully resolved config saved by omnimem-train; reuse it as a recipe to repeat the run.\n"
 
 MODEL_MEMORY_FILE = MEMORY_FILE  # see memory/settings.py
-_BUDGET_KEYS = ("budget", "compression_ratio", "budget_file")  # one budget mode: set together or not at all
+_BUDGET_KEYS = ("budget", "budget_fraction", "compression_ratio", "budget_file")  # one budget: set together or not at all
 
 # (where the values came from, the dotted keys they set), in merge order
 _Layer = tuple[str, set[str]]
@@ -71,8 +71,8 @@ def load_serving_config(
 
     The model is `model_name_or_path` as the recipe/settings/overrides resolve it; built-ins and
     hub ids have no such file. A relative `budget_file` in the file is resolved against the model
-    directory. A higher layer that sets any of budget / compression_ratio / budget_file replaces the
-    model's budget as a whole (they are one setting in three forms). A model trained without
+    directory. A higher layer that sets any of budget / budget_fraction / compression_ratio /
+    budget_file replaces the model's budget as a whole (together they are one setting). A model trained without
     compression (`"compression": "none"`) contributes nothing: its memory settings never shaped
     the weights, so the recipe's (by default full memory) apply.
 

@@ -117,17 +117,32 @@ class MemoryConfig:
         metadata={"help": "target_size: audio+visual tokens retained per layer (null = unlimited); "
                           "split visual:audio by rho when modality_aware"},
     )
+    budget_fraction: float | None = field(
+        default=None,
+        metadata={"help": "relative budget in (0, 1]: per layer, this fraction of each stream's own exact "
+                          "audio+visual token count (0.0625 = 1/16), fixed for the whole stream; the same "
+                          "number of tokens in train, eval, infer and the session (memory/budgets.py)"},
+    )
     compression_ratio: float | None = field(
         default=None,
-        metadata={"help": "kvpress meaning: fraction of the seen audio/visual tokens removed (instead of budget)"},
+        metadata={"help": "kvpress meaning: fraction of the audio/visual tokens seen SO FAR removed, so memory "
+                          "grows with the stream (instead of budget / budget_fraction)"},
     )
     budget_file: str | None = field(
         default=None,
-        metadata={"help": "per-layer budget JSON ([[audio, visual], ...], e.g. from `omnimem-train calibrate`)"},
+        metadata={"help": "per-layer budget JSON ([[audio, visual], ...], e.g. from `omnimem-train calibrate`): "
+                          "absolute budgets alone, or with budget / budget_fraction the allocation profile, "
+                          "scaled to the same total as the uniform budget of that size"},
     )
     modality_aware: bool = field(
         default=True,
         metadata={"help": "separate audio and visual budgets (false: one pooled audio+visual budget per layer)"},
+    )
+    per_head: bool = field(
+        default=False,
+        metadata={"help": "every KV head keeps its own top tokens (the same count per head), as the per-head "
+                          "references select; only snapkv, h2o, key_norm, keydiff, value_norm (false: one token "
+                          "set per layer shared by all heads, OmniMem's rule)"},
     )
     rho: float = field(default=5.0, metadata={"help": "visual:audio prior for splitting a budget (METHOD §4)"})
     lam: float = field(default=0.02, metadata={"help": "lambda: attention exponent of the omnimem score (0 = novelty)"})
@@ -147,9 +162,16 @@ class MemoryConfig:
         _int(self, "budget", ge=0, optional=True)
         _require(self.compression_ratio is None or 0 <= self.compression_ratio < 1, "compression_ratio",
                  self.compression_ratio, "a fraction in [0, 1)")
-        given = [k for k in ("budget", "compression_ratio", "budget_file") if getattr(self, k) is not None]
+        _require(self.budget_fraction is None or (isinstance(self.budget_fraction, (int, float))
+                 and not isinstance(self.budget_fraction, bool) and 0 < self.budget_fraction <= 1),
+                 "budget_fraction", self.budget_fraction, "a fraction in (0, 1]")
+        given = [k for k in ("budget", "budget_fraction", "compression_ratio") if getattr(self, k) is not None]
         _require(len(given) <= 1, given[-1] if given else "budget", "both", "only one of budget, "
-                 "compression_ratio, budget_file", related=tuple(given))
+                 "budget_fraction, compression_ratio", related=tuple(given))
+        _require(self.budget_file is None or self.compression_ratio is None, "budget_file", self.budget_file,
+                 "no budget_file with compression_ratio (a file is absolute, or a profile for budget / "
+                 "budget_fraction)", related=("compression_ratio",))
+        _bool(self, "per_head")
         _number(self, "rho", gt=0)
         _require(self.lam >= 0, "lam", self.lam, ">= 0")
         _number(self, "temperature", gt=0)
@@ -214,7 +236,7 @@ class CalibrationConfig:
                  "output", self.output, "a non-empty path or null")
 
 
-EVAL_MODALITIES = ("aware", "blind")
+EVAL_ALLOCATIONS = ("uniform", "calibrated", "blind")
 EVAL_SPLITS = ("train", "val", "test")  # omnimem_train.data.manifest.SPLITS
 
 
@@ -237,14 +259,31 @@ class EvalConfig:
     )
     budget_fractions: list[float] = field(
         default_factory=list,
-        metadata={"help": "relative budgets of the grid, in (0, 1]: a fraction of each sample's estimated "
-                          "audio+visual stream tokens (e.g. 0.125 = 1/8), resolved per sample to a "
-                          "per-layer budget of max(1, round(fraction x tokens))"},
+        metadata={"help": "relative budgets of the grid, in (0, 1] (memory.budget_fraction): per layer, this "
+                          "fraction of each sample's own exact audio+visual token count (0.0625 = 1/16)"},
     )
-    modality: list[str] = field(
-        default_factory=lambda: ["aware", "blind"],
-        metadata={"help": "budget kinds of the grid: aware (separate audio/visual budgets split by rho) "
-                          "and/or blind (one pooled audio+visual budget)"},
+    allocations: list[str] = field(
+        default_factory=lambda: ["uniform", "calibrated", "blind"],
+        metadata={"help": "budget allocations of the grid, all at equal memory: uniform (every layer the same, "
+                          "split visual:audio by memory.rho), calibrated (the per-layer [audio, visual] profile "
+                          "`omnimem-train calibrate` measures on train-split clips, scaled to the uniform total) "
+                          "and/or blind (one pooled audio+visual budget per layer)"},
+    )
+    calibration_profile: str | None = field(
+        default=None,
+        metadata={"help": "a per-layer [audio, visual] budget JSON to use as the calibrated allocation instead "
+                          "of measuring one (e.g. the profile a model was tuned with)"},
+    )
+    calibration_clips: int = field(
+        default=32,
+        metadata={"help": "train-split clips of the manifest the calibrated allocation is measured on (never "
+                          "the evaluated split)"},
+    )
+    cache_streams: bool = field(
+        default=False,
+        metadata={"help": "keep each sample's encoded stream (the towers' output) in RAM across the grid's cells, "
+                          "so a clip is decoded and encoded once, not once per cell (memory: one float per "
+                          "stream token per hidden unit, per sample)"},
     )
     fraction: float = field(
         default=1.0,
@@ -264,12 +303,18 @@ class EvalConfig:
         ok = isinstance(self.budget_fractions, list) and all(
             isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1 for f in self.budget_fractions)
         _require(ok, "budget_fractions", self.budget_fractions, "a list of fractions in (0, 1]")
-        ok = isinstance(self.modality, list) and all(m in EVAL_MODALITIES for m in self.modality)
-        _require(ok, "modality", self.modality, "a list of " + " | ".join(EVAL_MODALITIES))
+        ok = isinstance(self.allocations, list) and all(m in EVAL_ALLOCATIONS for m in self.allocations)
+        _require(ok, "allocations", self.allocations, "a list of " + " | ".join(EVAL_ALLOCATIONS))
+        _int(self, "calibration_clips", ge=1)
+        _bool(self, "cache_streams")
+        _require(self.calibration_profile is None or (isinstance(self.calibration_profile, str)
+                 and self.calibration_profile.strip() != ""), "calibration_profile", self.calibration_profile,
+                 "a budget JSON path or null")
         grid = [s for s in self.scorers if s != "full"]
         _require(not grid or bool(self.budgets or self.budget_fractions), "budgets", self.budgets,
                  "at least one budget (or budget_fractions) for the scorers", related=("budget_fractions",))
-        _require(not grid or bool(self.modality), "modality", self.modality, "at least one of aware | blind")
+        _require(not grid or bool(self.allocations), "allocations", self.allocations,
+                 "at least one of " + " | ".join(EVAL_ALLOCATIONS))
         _require(isinstance(self.fraction, (int, float)) and not isinstance(self.fraction, bool)
                  and 0 < self.fraction <= 1, "fraction", self.fraction, "a fraction in (0, 1]")
 
@@ -320,6 +365,12 @@ class Config:
         default="streaming",
         metadata={"help": "streaming: train through the compressed group-wise forward (memory.*); "
                           "none: plain full-context training (one group, nothing evicted)"},
+    )
+    train_budget_fractions: list[float] = field(
+        default_factory=list,
+        metadata={"help": "[low, high]: train under a budget_fraction drawn per batch, log-uniformly in this "
+                          "range (e.g. [0.03125, 0.25]), instead of memory.budget_fraction; the model is still "
+                          "served (and evaluated) at memory.budget_fraction. Empty: train at memory.budget_fraction"},
     )
     finetuning_type: str = field(default="lora", metadata={"help": "lora | full"})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank r"})
@@ -378,6 +429,13 @@ class Config:
         _text(self, "output_dir", "a non-empty path")
         _int(self, "seed")
         _choice(self, "compression", ("streaming", "none"))
+        rng = self.train_budget_fractions
+        ok = isinstance(rng, list) and (not rng or (len(rng) == 2 and all(
+            isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1 for f in rng) and rng[0] <= rng[1]))
+        _require(ok, "train_budget_fractions", rng, "[] or [low, high] with 0 < low <= high <= 1")
+        _require(not rng or (self.compression == "streaming" and self.memory.budget_fraction is not None),
+                 "train_budget_fractions", rng, "used with compression: streaming and a memory.budget_fraction "
+                 "(the budget the model is served at)", related=("memory.budget_fraction",))
         _choice(self, "finetuning_type", ("lora", "full"))
         _int(self, "lora_rank", ge=1)
         _number(self, "lora_alpha", gt=0)

@@ -1,25 +1,33 @@
-"""The evaluation grid: scorers x budgets x {modality-aware, modality-blind}, plus full memory.
+"""The evaluation grid: scorers x budgets x allocations {uniform, calibrated, blind}, plus full memory.
 
 Layout of `<output_dir>` after `run_eval(cfg)`:
 
     config.yaml                      the resolved eval config
+    calibration/budget_profile.json  (with a calibrated allocation) the per-layer [audio, visual]
+                                     profile and the statistics it came from, measured by the
+                                     calibration path of `omnimem-train calibrate` on clips of the
+                                     manifest's TRAIN split; budget_profile.png plots it
     cells/<cell>/config.yaml         the resolved config of one cell (its memory.* settings; usable
                                      as an eval recipe that repeats just this cell and full memory)
     cells/<cell>/predictions.jsonl   one record per sample (see `PREDICTION_FIELDS`)
     cells/<cell>/metrics.json        accuracy, 95% Wilson CI, per question type, retained bytes,
                                      samples/s (`metrics.compute_metrics`) + the cell's identity
-    summary.json                     every cell's metrics, in grid order
-    accuracy_vs_budget.png           accuracy vs budget, one line per scorer and modality
+    summary.json                     every cell's metrics, in grid order, and the paired comparisons
+    summary.md                       the table and the paired comparisons as Markdown
+    accuracy_vs_budget.png           accuracy vs budget, one line per scorer and allocation
 
-Cell names: `full` (always evaluated: the upper bound), `<scorer>-<budget>-<aware|blind>` for an
-absolute budget (audio+visual tokens per layer) and `<scorer>-f<fraction>-<aware|blind>` for a
-fraction of each sample's estimated audio+visual stream tokens.
+Cell names: `full` (always evaluated: the upper bound), `<scorer>-<budget>-<allocation>` for an
+absolute budget (audio+visual tokens per layer) and `<scorer>-f<fraction>-<allocation>` for a
+fraction of each sample's own exact audio+visual tokens (`memory.budget_fraction`). Every
+allocation of one budget holds the same number of tokens over all layers (`budgets.scale_profile`).
+`frame_drop` drops time steps before the LLM, the same in every layer, so it has no calibrated cell.
 
 A cell is finished when its metrics.json exists (written last, atomically), its config.yaml
 still matches the current settings (output_dir aside) and the files it read are the ones it
-read then (`input_files`: the model folder's weights and config.json, the manifest; by size and
-modification time): a re-run skips it, and loads no model when every cell is finished. A cell whose
-settings changed (e.g. another `eval.fraction`) or whose model was retrained in place is re-run.
+read then (`input_files`: the model folder's weights and config.json, the manifest, the
+calibrated profile; by size and modification time): a re-run skips it, and loads no model when
+every cell is finished. A cell whose settings changed (e.g. another `eval.fraction`) or whose
+model was retrained in place is re-run.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from typing import TextIO
 import yaml
 
 from omnimem_train.errors import ConfigError, MediaError
+from omnimem_train.eval.calibration import calibrate_profile, calibration_inputs, calibration_path
 from omnimem_train.eval.metrics import compute_metrics
 from omnimem_train.utils.atomic import atomic_write_text
 
@@ -53,12 +62,12 @@ PREDICTION_FIELDS = (
 
 @dataclass(frozen=True)
 class Cell:
-    """One run of the grid. `scorer == "full"`: no compression (budget, fraction, modality None)."""
+    """One run of the grid. `scorer == "full"`: no compression (budget, fraction, allocation None)."""
 
     scorer: str
     budget: int | None = None
     budget_fraction: float | None = None
-    modality: str | None = None  # "aware" | "blind"
+    allocation: str | None = None  # "uniform" | "calibrated" | "blind"
 
     @property
     def is_full(self) -> bool:
@@ -72,11 +81,11 @@ class Cell:
 
     @property
     def name(self) -> str:
-        return "full" if self.is_full else f"{self.scorer}-{self.budget_label}-{self.modality}"
+        return "full" if self.is_full else f"{self.scorer}-{self.budget_label}-{self.allocation}"
 
     def identity(self) -> dict:
         return {"cell": self.name, "scorer": self.scorer, "budget": self.budget,
-                "budget_fraction": self.budget_fraction, "modality": self.modality}
+                "budget_fraction": self.budget_fraction, "allocation": self.allocation}
 
 
 def _unique(items):
@@ -84,13 +93,14 @@ def _unique(items):
 
 
 def grid_cells(ecfg) -> list[Cell]:
-    """`EvalConfig` -> the cells, full memory first, then scorer x (budgets, fractions) x modality."""
+    """`EvalConfig` -> the cells, full memory first, then scorer x (budgets, fractions) x allocation
+    (no calibrated frame_drop: it has no per-layer memory to allocate)."""
     cells = [Cell("full")]
     for scorer in _unique(s for s in ecfg.scorers if s != "full"):
-        for budget in _unique(ecfg.budgets):
-            cells += [Cell(scorer, budget=budget, modality=m) for m in _unique(ecfg.modality)]
-        for frac in _unique(float(f) for f in ecfg.budget_fractions):
-            cells += [Cell(scorer, budget_fraction=frac, modality=m) for m in _unique(ecfg.modality)]
+        allocations = [a for a in _unique(ecfg.allocations) if not (scorer == "frame_drop" and a == "calibrated")]
+        sizes = [{"budget": b} for b in _unique(ecfg.budgets)]
+        sizes += [{"budget_fraction": f} for f in _unique(float(f) for f in ecfg.budget_fractions)]
+        cells += [Cell(scorer, allocation=a, **size) for size in sizes for a in allocations]
     return cells
 
 
@@ -129,13 +139,15 @@ def select_samples(ecfg, err: TextIO = sys.stderr) -> list:
 
 def cell_config(cfg, cell: Cell):
     """The resolved config of one cell: memory.* set for it, eval.* narrowed to it."""
-    mem = dataclasses.replace(cfg.memory, scorer=cell.scorer, budget=cell.budget, budget_file=None,
-                              compression_ratio=None, modality_aware=cell.modality != "blind")
+    profile = str(calibration_path(cfg)) if cell.allocation == "calibrated" else None
+    mem = dataclasses.replace(cfg.memory, scorer=cell.scorer, budget=cell.budget,
+                              budget_fraction=cell.budget_fraction, budget_file=profile, compression_ratio=None,
+                              modality_aware=cell.allocation != "blind")
     ev = dataclasses.replace(
         cfg.eval, scorers=[] if cell.is_full else [cell.scorer],
         budgets=[] if cell.budget is None else [cell.budget],
         budget_fractions=[] if cell.budget_fraction is None else [cell.budget_fraction],
-        modality=[] if cell.modality is None else [cell.modality])
+        allocations=[] if cell.allocation is None else [cell.allocation])
     return dataclasses.replace(cfg, memory=mem, eval=ev)
 
 
@@ -183,17 +195,20 @@ def is_finished(cfg, cell: Cell) -> bool:
         recorded = json.loads((d / METRICS).read_text(encoding="utf-8")).get("input_files")
     except (OSError, ValueError, AttributeError):
         return False
-    return recorded == input_files(cfg)
+    return recorded == input_files(cfg, cell)
 
 
-def input_files(cfg) -> dict[str, list[int]]:
+def input_files(cfg, cell: Cell | None = None) -> dict[str, list[int]]:
     """{path: [size, mtime_ns]} of what a cell's results depend on beyond its config: the model's
-    weights and config.json (a local model folder; hub ids and built-ins are fixed by their name)
-    and the manifest. A model retrained into the same folder changes them."""
+    weights and config.json (a local model folder; hub ids and built-ins are fixed by their name),
+    the manifest and, for a calibrated cell, the calibrated profile. A model retrained into the same
+    folder changes them."""
     model = Path(cfg.model_name_or_path)
     paths = [Path(cfg.eval.manifest)]
     if model.is_dir():
         paths += sorted(model.glob("*.safetensors")) + [model / "config.json"]
+    if cell is not None and cell.allocation == "calibrated":
+        paths.append(calibration_path(cfg))
     files = {}
     for path in paths:
         if path.is_file():
@@ -211,8 +226,9 @@ def read_predictions(path: str | Path) -> list[dict]:
 # running
 
 
-def run_cell(adapter, cfg, cell: Cell, samples: list, err: TextIO = sys.stderr) -> dict:
-    """Evaluate `samples` under `cell`; writes the cell folder (metrics.json last) and returns its metrics."""
+def run_cell(adapter, cfg, cell: Cell, samples: list, err: TextIO = sys.stderr, cache=None) -> dict:
+    """Evaluate `samples` under `cell`; writes the cell folder (metrics.json last) and returns its metrics.
+    `cache`: an `EncoderCache` shared by the cells (`eval.cache_streams`)."""
     import torch
     from tqdm import tqdm
 
@@ -224,7 +240,7 @@ def run_cell(adapter, cfg, cell: Cell, samples: list, err: TextIO = sys.stderr) 
 
     ccfg = cell_config(cfg, cell)
     out = cell_dir(cfg, cell)
-    inputs = input_files(cfg)  # as read now: a model rewritten during the run leaves the cell unfinished
+    inputs = input_files(cfg, cell)  # as read now: a model rewritten during the run leaves the cell unfinished
     (out / METRICS).unlink(missing_ok=True)  # an interrupted re-run must not look finished
     save_config(ccfg, out)
     n_layers = len(adapter.decoder_layers)
@@ -234,18 +250,18 @@ def run_cell(adapter, cfg, cell: Cell, samples: list, err: TextIO = sys.stderr) 
         t0 = time.perf_counter()
         try:
             media, est = media_input(adapter, cfg.media, video=s.video, audio=s.audio)
-            budget = cell.budget
-            if cell.budget_fraction is not None:
-                budget = max(1, round(cell.budget_fraction * est))
-            policy = build_policy(dataclasses.replace(ccfg.memory, budget=budget), n_layers)
+            policy = build_policy(ccfg.memory, n_layers)  # per sample: a budget_fraction resolves per stream
             engine = StreamingEngine(adapter, policy, ccfg.memory.group_size, ccfg.memory.group_seconds)
             with torch.no_grad():
                 result = answer_question(engine, media, s.question, s.options, cfg.generation.system_prompt,
                                          cfg.generation.max_new_tokens,
-                                         answer_format=cfg.generation.answer_format)
+                                         answer_format=cfg.generation.answer_format,
+                                         cache=cache, cache_key=(s.video, s.audio))
         except MediaError as e:
             raise MediaError(f"sample {s.id!r}: {e}") from e
         seconds = time.perf_counter() - t0
+        budgets = getattr(policy, "budgets", None)
+        budget = budgets.mean_total() if budgets is not None else None
         rec = {
             "id": s.id, "question_type": s.question_type, "answer": s.answer, "choice": result.choice,
             "correct": result.choice == s.answer, "option_scores": [float(x) for x in result.option_scores],
@@ -266,24 +282,27 @@ def _fmt_bytes(n: float) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    """scorer | budget | memory (aware/blind) | accuracy [95% CI] | KV MiB | samples/s, one line per cell."""
-    head = f"{'scorer':<12} {'budget':>8} {'memory':<6} {'accuracy [95% CI]':<22} {'n':>5} {'KV MiB':>9} {'samples/s':>9}"
+    """scorer | budget | allocation | accuracy [95% CI] | n | KV MiB | state MiB | samples/s, one line
+    per cell (state: everything the method keeps, KV plus hidden states or running attention)."""
+    head = (f"{'scorer':<12} {'budget':>8} {'allocation':<10} {'accuracy [95% CI]':<22} {'n':>5} {'KV MiB':>8} "
+            f"{'state MiB':>9} {'samples/s':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['scorer']:<12} {budget_str(r):>8} {r.get('modality') or '-':<6} {accuracy_str(r):<22} "
-                     f"{r['n']:>5} {_fmt_bytes(r['kv_bytes_mean']):>9} {r['samples_per_s']:>9.2f}")
+        lines.append(f"{r['scorer']:<12} {budget_str(r):>8} {r.get('allocation') or '-':<10} {accuracy_str(r):<22} "
+                     f"{r['n']:>5} {_fmt_bytes(r['kv_bytes_mean']):>8} {_fmt_bytes(r['total_bytes_mean']):>9} "
+                     f"{r['samples_per_s']:>9.2f}")
     return "\n".join(lines)
 
 
 def format_markdown(rows: list[dict]) -> str:
-    """The summary as a Markdown table: accuracy [95% CI] overall and per question type, KV bytes."""
+    """The summary as a Markdown table: accuracy [95% CI] overall and per question type, memory."""
     types = sorted({t for r in rows for t in r.get("per_type", {})})
-    head = ["scorer", "budget", "memory", "accuracy [95% CI]", *types, "n", "KV MiB"]
+    head = ["scorer", "budget", "allocation", "accuracy [95% CI]", *types, "n", "KV MiB", "state MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         per = [f"{r['per_type'][t]['accuracy']:.2f}" if t in r.get("per_type", {}) else "-" for t in types]
-        cells = [r["scorer"], budget_str(r), r.get("modality") or "-", accuracy_str(r), *per, str(r["n"]),
-                 _fmt_bytes(r["kv_bytes_mean"])]
+        cells = [r["scorer"], budget_str(r), r.get("allocation") or "-", accuracy_str(r), *per, str(r["n"]),
+                 _fmt_bytes(r["kv_bytes_mean"]), _fmt_bytes(r["total_bytes_mean"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -299,11 +318,39 @@ def accuracy_str(row: dict) -> str:
     return f"{row['accuracy']:.3f} [{row['ci'][0]:.3f}, {row['ci'][1]:.3f}]"
 
 
+METHOD = ("omnimem", "calibrated")  # OmniMem, the method: calibrated allocation + the omnimem score
+
+
+def comparison_pairs(rows: list[dict]) -> list[tuple[str, str]]:
+    """The paired comparisons a grid reports, per budget: OmniMem (calibrated + omnimem) against
+    full memory and against every other cell of that budget (the baselines, under every allocation),
+    and the 2x2 decomposition {uniform, calibrated} x {novelty, omnimem}: which component helps."""
+    by_size: dict[str, dict[tuple[str, str], str]] = {}
+    for r in rows:
+        if r["scorer"] != "full":
+            by_size.setdefault(budget_str(r), {})[(r["scorer"], r["allocation"])] = r["cell"]
+    pairs = []
+    for cells in by_size.values():
+        method = cells.get(METHOD)
+        if method is not None:
+            pairs.append(("full", method))
+            pairs += [(method, other) for key, other in cells.items() if key != METHOD]
+        for a, b in ((("omnimem", "calibrated"), ("omnimem", "uniform")),
+                     (("novelty", "calibrated"), ("novelty", "uniform")),
+                     (("omnimem", "calibrated"), ("novelty", "calibrated")),
+                     (("omnimem", "uniform"), ("novelty", "uniform"))):
+            if a in cells and b in cells and (cells[a], cells[b]) not in pairs:
+                pairs.append((cells[a], cells[b]))
+    return pairs
+
+
 def run_eval(cfg, out: TextIO | None = None, err: TextIO | None = None) -> dict:
-    """Run every unfinished cell of `cfg.eval`'s grid (model loaded once, only if needed), then write
-    summary.json and the plot. Returns the summary: {"model", "manifest", "split", "samples",
-    "cells": [metrics of every cell, grid order], "summary", "plot"}."""
+    """Run every unfinished cell of `cfg.eval`'s grid (model loaded once, only if needed; the
+    calibrated profile measured first when a calibrated cell needs it), then write summary.json,
+    summary.md and the plot. Returns the summary: {"model", "manifest", "split", "samples",
+    "cells": [metrics of every cell, grid order], "comparisons": [paired rows], "summary", "plot"}."""
     from omnimem_train.config import save_config
+    from omnimem_train.eval.paired import compare_cells, format_comparisons
     from omnimem_train.eval.plots import plot_accuracy_vs_budget
 
     out = out or sys.stdout
@@ -311,6 +358,8 @@ def run_eval(cfg, out: TextIO | None = None, err: TextIO | None = None) -> dict:
     check_scorers(cfg.eval.scorers)
     samples = select_samples(cfg.eval, err)
     cells = grid_cells(cfg.eval)
+    if any(c.allocation == "calibrated" for c in cells) and cfg.eval.calibration_profile is None:
+        calibration_inputs(cfg.eval)  # fail before any model is loaded when the train split is missing
     run_dir = Path(cfg.output_dir)
     todo = []
     for cell in cells:
@@ -321,20 +370,33 @@ def run_eval(cfg, out: TextIO | None = None, err: TextIO | None = None) -> dict:
     adapter = _load_model(cfg) if todo else None
     if not _same_config(cfg, run_dir, ignore_output_dir=False):
         save_config(cfg, run_dir)
+    if any(c.allocation == "calibrated" for c in todo):
+        calibrate_profile(adapter, cfg, input_files(cfg), err)
     if todo:
         print(f"evaluating {len(todo)} of {len(cells)} cells on {len(samples)} samples of "
               f"{cfg.eval.manifest} ({cfg.eval.split})", file=err, flush=True)
+        cache = None
+        if cfg.eval.cache_streams:
+            from omnimem_train.train.encoder_cache import EncoderCache
+
+            cache = EncoderCache(adapter)
         for cell in todo:
-            m = run_cell(adapter, cfg, cell, samples, err)
+            m = run_cell(adapter, cfg, cell, samples, err, cache)
             print(f"{cell.name}: accuracy {m['accuracy']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}] "
                   f"({m['correct']}/{m['n']}), KV {_fmt_bytes(m['kv_bytes_mean'])} MiB, "
                   f"{m['samples_per_s']:.2f} samples/s", file=out, flush=True)
     rows = [json.loads((cell_dir(cfg, c) / METRICS).read_text(encoding="utf-8")) for c in cells]
+    predictions = {c.name: read_predictions(cell_dir(cfg, c) / PREDICTIONS) for c in cells}
+    comparisons = compare_cells(predictions, comparison_pairs(rows), seed=cfg.seed)
     summary = {"model": cfg.model_name_or_path, "manifest": cfg.eval.manifest, "split": cfg.eval.split,
-               "samples": len(samples), "cells": rows}
+               "samples": len(samples), "cells": rows, "comparisons": comparisons}
     summary_path, plot_path = run_dir / SUMMARY, run_dir / PLOT
     changed = _write_if_changed(summary_path, _json(summary))
-    _write_if_changed(run_dir / "summary.md", format_markdown(rows))
+    markdown = format_markdown(rows)
+    if comparisons:
+        markdown += "\n## Paired comparisons (same clips; bootstrap 95% CI of the accuracy difference)\n\n"
+        markdown += format_comparisons(comparisons)
+    _write_if_changed(run_dir / "summary.md", markdown)
     if changed or not plot_path.is_file():
         manifest = Path(cfg.eval.manifest)
         title = (f"{cfg.model_name_or_path} on {manifest.parent.name}/{manifest.name} ({cfg.eval.split}, "
@@ -358,5 +420,5 @@ def _load_model(cfg):
     return adapter
 
 
-__all__ = ["Cell", "PREDICTION_FIELDS", "cell_config", "check_scorers", "format_markdown", "format_table",
-           "grid_cells", "input_files", "is_finished", "read_predictions", "run_cell", "run_eval", "select_samples"]
+__all__ = ["Cell", "PREDICTION_FIELDS", "cell_config", "check_scorers", "comparison_pairs", "format_markdown",
+           "format_table", "grid_cells", "input_files", "is_finished", "read_predictions", "run_cell", "run_eval", "select_samples"]

@@ -8,21 +8,22 @@ from omnimem_train.utils.atomic import atomic_write
 
 _COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
             "tab:olive", "tab:cyan", "tab:gray"]
+_STYLES = {"calibrated": ("-", "o"), "uniform": (":", "^"), "blind": ("--", "s")}  # allocation -> line, marker
 
 
 def _panel(ax, rows: list[dict], key: str, full: dict | None, colours: dict[str, str], xlabel: str) -> None:
     lines: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
-        lines.setdefault((r["scorer"], r["modality"]), []).append(r)
-    for i, ((scorer, modality), pts) in enumerate(sorted(lines.items())):
+        lines.setdefault((r["scorer"], r["allocation"]), []).append(r)
+    for i, ((scorer, allocation), pts) in enumerate(sorted(lines.items())):
         pts = sorted(pts, key=lambda r: r[key])
         dodge = 2 ** (0.04 * (i - (len(lines) - 1) / 2))  # overlapping points stay visible
         x = [r[key] * dodge for r in pts]
         y = [r["accuracy"] for r in pts]
         err = [[r["accuracy"] - r["ci"][0] for r in pts], [r["ci"][1] - r["accuracy"] for r in pts]]
-        ax.errorbar(x, y, yerr=err, color=colours[scorer], linestyle="-" if modality == "aware" else "--",
-                    marker="o" if modality == "aware" else "s", capsize=3, alpha=0.9,
-                    label=f"{scorer} ({modality})")
+        ax.errorbar(x, y, yerr=err, color=colours[scorer], linestyle=_STYLES.get(allocation, ("-", "o"))[0],
+                    marker=_STYLES.get(allocation, ("-", "o"))[1], capsize=3, alpha=0.9,
+                    label=f"{scorer} ({allocation})")
     if full is not None:
         ax.axhline(full["accuracy"], color="black", linewidth=1.2, label=f"full memory ({full['accuracy']:.3f})")
         ax.axhspan(full["ci"][0], full["ci"][1], color="black", alpha=0.07)
@@ -42,9 +43,9 @@ def _panel(ax, rows: list[dict], key: str, full: dict | None, colours: dict[str,
 
 
 def plot_accuracy_vs_budget(rows: list[dict], path: str | Path, title: str = "") -> Path:
-    """One line per (scorer, modality) of accuracy against budget, the full-memory accuracy as a
+    """One line per (scorer, allocation) of accuracy against budget, the full-memory accuracy as a
     horizontal line with its CI band; written atomically to `path`. `rows`: cell metrics with
-    scorer, modality, budget or budget_fraction, accuracy and ci. Absolute and fractional budgets
+    scorer, allocation, budget or budget_fraction, accuracy and ci. Absolute and fractional budgets
     go to separate panels."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

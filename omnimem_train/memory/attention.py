@@ -57,9 +57,35 @@ def attention_mass(queries: torch.Tensor, keys: torch.Tensor, n_old: int, block:
     return mass
 
 
-def window_attention(queries: torch.Tensor, keys: torch.Tensor, n_old: int, window: int) -> torch.Tensor:
+def attention_mass_per_head(queries: torch.Tensor, keys: torch.Tensor, n_old: int, block: int = 256) -> torch.Tensor:
+    """Per KV head: a_{g,i} = Σ_q mean_{h∈g} softmax_q(q_h·k_{g,i}/√d), the attention candidate slot i
+    of head g receives from the group, averaged over the query heads that share key group g.
+
+    queries: (H, L, d); keys: (1, G, n, d) (per-head memory: slot i of head g is head g's token).
+    Returns (G, n) float32. Unlike `attention_mass` the average is over probabilities, each query
+    head's own softmax, as the per-head references (H2O, kvpress) average a group's attention; the
+    blocks are H x block x n, H times those of `attention_mass`.
+    """
+    keys = keys[0].float()
+    g, n, d = keys.shape
+    h, L, _ = queries.shape
+    q = queries.float().view(g, h // g, L, d) / math.sqrt(d)
+    cols = torch.arange(L, device=keys.device)
+    mass = torch.zeros(g, n, dtype=torch.float32, device=keys.device)
+    for q0 in range(0, L, block):
+        q1 = min(q0 + block, L)
+        logits = torch.einsum("grqd,gkd->grqk", q[:, :, q0:q1], keys)  # (G, r, b, n)
+        hidden = cols[None, :] > torch.arange(q0, q1, device=keys.device)[:, None]  # memory precedes every query
+        logits[..., n_old:].masked_fill_(hidden, float("-inf"))
+        mass += torch.softmax(logits, dim=-1).sum(2).mean(1)
+    return mass
+
+
+def window_attention(queries: torch.Tensor, keys: torch.Tensor, n_old: int, window: int,
+                     per_head: bool = False) -> torch.Tensor:
     """SnapKV-style: per-head softmax attention of the group's last `window` queries, averaged over
-    heads and queries. queries (H, L, d), keys (1, G, n, d) -> (n,) float32."""
+    heads and queries. queries (H, L, d), keys (1, G, n, d) -> (n,) float32; `per_head`: averaged
+    over each KV group's query heads only -> (G, n)."""
     keys = keys[0].float()
     h, L, d = queries.shape
     g = keys.shape[0]
@@ -70,4 +96,4 @@ def window_attention(queries: torch.Tensor, keys: torch.Tensor, n_old: int, wind
     q_idx = n_old + torch.arange(L - w, L, device=keys.device)
     hidden = torch.arange(n, device=keys.device)[None, :] > q_idx[:, None]
     probs = torch.softmax(logits.masked_fill(hidden, float("-inf")), dim=-1)
-    return probs.mean(dim=(0, 1, 2))
+    return probs.mean(dim=(1, 2)) if per_head else probs.mean(dim=(0, 1, 2))

@@ -1,20 +1,31 @@
 """How many audio/visual tokens each layer may keep (METHOD §4). Separate from scoring: any scorer
 runs under any budget, modality-aware or modality-blind.
 
-Modes (exactly one): a uniform target size per layer split visual:audio by ρ, a per-layer budget
-file (JSON list of [audio, visual] per layer, as `omnimem-train calibrate` writes), or a
-compression ratio (kvpress's meaning: the fraction of seen audio/visual tokens removed). Text is
-never counted; a limit above what exists keeps everything; a limit of 0 is legal.
+A budget has a size and a shape:
+
+- size, at most one of: `budget` (N audio+visual tokens per layer), `budget_fraction` (f times the
+  stream's own exact audio+visual token count, per layer: `fraction_budget`, the one place this is
+  computed), or `compression_ratio` (kvpress's meaning: keep 1 - r of the audio/visual tokens
+  seen so far, so memory grows with the stream);
+- shape (allocation): uniform (every layer the same, split visual:audio by ρ), a per-layer
+  profile (`budget_file`: JSON list of [audio, visual] per layer, as `omnimem-train calibrate`
+  writes), or modality-blind (one pooled audio+visual budget per layer). A budget file alone gives
+  absolute budgets; with `budget` or `budget_fraction` it is a profile, scaled to the same total as
+  the uniform budget of that size (`scale_profile`), so every allocation compares at equal memory.
+
+Text is never counted; a limit above what exists keeps everything; a limit of 0 is legal.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from omnimem_train.errors import ConfigError
-from omnimem_train.models.base import Modality
+from omnimem_train.models.base import Modality, StreamPiece
 
 
 @dataclass(frozen=True)
@@ -26,18 +37,101 @@ class Limits:
     pooled: int | None = None
 
 
+MEDIA = (Modality.AUDIO, Modality.VISUAL)
+
+
+def fraction_budget(fraction: float, counts: Mapping[Modality, int]) -> int:
+    """THE meaning of a relative budget: `fraction` of the stream's own audio+visual tokens, per layer.
+
+    counts: the stream's exact token counts by modality (`stream_counts`), never an estimate.
+    -> round(fraction x (audio + visual)) (half up), at least 1 when the stream has media: "1/16"
+    is this number of tokens in training, evaluation, `infer` and the live session alike.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    n = sum(int(counts.get(m, 0)) for m in MEDIA)
+    return 0 if n == 0 else max(1, math.floor(fraction * n + 0.5))
+
+
+def stream_counts(pieces: Iterable[StreamPiece]) -> dict[Modality, int]:
+    """Exact audio/visual token counts of a materialised stream (a list of pieces)."""
+    counts = dict.fromkeys(MEDIA, 0)
+    for piece in pieces:
+        for m in MEDIA:
+            counts[m] += int((piece.modality == int(m)).sum())
+    return counts
+
+
+def largest_remainder(shares: list[float], total: int) -> list[int]:
+    """Non-negative ints, each floor or ceil of its share (up to round-off), summing to `total`;
+    the leftover units go to the largest fractional parts (ties: lower index first), so a larger
+    share never gets fewer units."""
+    n = len(shares)
+    if n == 0:
+        if total:
+            raise ValueError("cannot distribute a positive total over zero layers")
+        return []
+    out = [max(0, math.floor(s)) for s in shares]
+    order = sorted(range(n), key=lambda j: (-(shares[j] - math.floor(shares[j])), j))
+    rest = total - sum(out)
+    k = 0
+    while rest > 0:  # normally rest < n: one pass
+        out[order[k % n]] += 1
+        rest, k = rest - 1, k + 1
+    k = n - 1
+    while rest < 0:  # only if round-off pushed the floors past the total
+        j = order[k % n]
+        if out[j] > 0:
+            out[j], rest = out[j] - 1, rest + 1
+        k -= 1
+    return out
+
+
+def scale_profile(profile: Sequence[tuple[int, int]], total: int) -> tuple[tuple[int, int], ...]:
+    """A per-layer [audio, visual] profile (L pairs) scaled to `total` tokens over all layers and
+    modalities: each of the 2L entries gets its share of `total` by largest remainder, so the sum is
+    exactly `total` (the uniform budget's L x B: equal memory) and the profile's shape is kept.
+    A profile of all zeros spreads `total` evenly."""
+    flat = [float(x) for pair in profile for x in pair]
+    z = sum(flat)
+    shares = [total * x / z for x in flat] if z > 0 else [total / len(flat)] * len(flat)
+    units = largest_remainder(shares, total)
+    return tuple((units[2 * i], units[2 * i + 1]) for i in range(len(profile)))
+
+
 @dataclass(frozen=True)
 class Budgets:
+    """Per-layer limits. Concrete (`per_layer` or `keep_fraction` or unlimited), or a template
+    (`fraction` set) that `for_stream` turns into concrete per-layer budgets once the stream's
+    exact token counts are known."""
+
     per_layer: tuple[tuple[int, int], ...] | None = None  # (audio, visual) per layer
     keep_fraction: float | None = None  # 1 - compression_ratio
     modality_aware: bool = True
+    fraction: float | None = None  # budget_fraction: resolved per stream by `for_stream`
+    profile: tuple[tuple[int, int], ...] | None = None  # shape for `fraction` (None: uniform)
+    rho: float = 5.0
+    n_layers: int = 0
 
     # --- construction ------------------------------------------------------------------------
     @staticmethod
     def uniform(total: int, n_layers: int, rho: float, modality_aware: bool = True) -> Budgets:
         """`total` audio+visual tokens per layer; audio gets total/(1+ρ) (ρ = visual:audio prior)."""
         audio = round(total / (1 + rho))
-        return Budgets(((audio, total - audio),) * n_layers, None, modality_aware)
+        return Budgets(((audio, total - audio),) * n_layers, None, modality_aware, rho=rho, n_layers=n_layers)
+
+    @staticmethod
+    def sized(total: int, n_layers: int, rho: float, profile=None, modality_aware: bool = True) -> Budgets:
+        """`total` audio+visual tokens per layer on average: uniform, or `profile`'s shape scaled to
+        the same n_layers x total."""
+        if profile is None:
+            return Budgets.uniform(total, n_layers, rho, modality_aware)
+        return Budgets(scale_profile(profile, total * n_layers), None, modality_aware, rho=rho, n_layers=n_layers)
+
+    @staticmethod
+    def of_fraction(fraction: float, n_layers: int, rho: float, profile=None, modality_aware: bool = True) -> Budgets:
+        return Budgets(None, None, modality_aware, fraction, None if profile is None else tuple(profile), rho,
+                       n_layers)
 
     @staticmethod
     def ratio(compression_ratio: float, modality_aware: bool = True) -> Budgets:
@@ -45,16 +139,31 @@ class Budgets:
 
     @staticmethod
     def from_file(path: str | Path, n_layers: int, modality_aware: bool = True) -> Budgets:
-        return Budgets(read_budget_file(path, n_layers), None, modality_aware)
+        return Budgets(read_budget_file(path, n_layers), None, modality_aware, n_layers=n_layers)
 
     @staticmethod
     def unlimited() -> Budgets:
         return Budgets()
 
     # --- use ---------------------------------------------------------------------------------
+    @property
+    def needs_counts(self) -> bool:
+        """Whether the stream's exact token counts must be known before it starts (`for_stream`)."""
+        return self.fraction is not None
+
+    def for_stream(self, counts: Mapping[Modality, int]) -> Budgets:
+        """The concrete budgets of one stream with these exact audio/visual token counts (self when
+        the size does not depend on the stream)."""
+        if self.fraction is None:
+            return self
+        total = fraction_budget(self.fraction, counts)
+        return Budgets.sized(total, self.n_layers, self.rho, self.profile, self.modality_aware)
+
     def limits(self, layer_idx: int, seen: dict[Modality, int]) -> Limits:
+        if self.fraction is not None:
+            raise RuntimeError("a budget_fraction budget is resolved per stream: call for_stream(counts) first")
         if self.keep_fraction is not None:
-            a, v = (int(seen.get(m, 0) * self.keep_fraction) for m in (Modality.AUDIO, Modality.VISUAL))
+            a, v = (int(seen.get(m, 0) * self.keep_fraction) for m in MEDIA)
             pooled = int((seen.get(Modality.AUDIO, 0) + seen.get(Modality.VISUAL, 0)) * self.keep_fraction)
         elif self.per_layer is not None:
             a, v = self.per_layer[layer_idx]
@@ -68,6 +177,12 @@ class Budgets:
         if self.per_layer is None:
             return None
         return [self.limits(i, {}) for i in range(len(self.per_layer))]
+
+    def mean_total(self) -> float | None:
+        """Audio+visual tokens per layer, averaged over layers (None unless per-layer)."""
+        if self.per_layer is None:
+            return None
+        return sum(a + v for a, v in self.per_layer) / max(len(self.per_layer), 1)
 
 
 def read_budget_file(path: str | Path, n_layers: int) -> tuple[tuple[int, int], ...]:
@@ -98,11 +213,15 @@ def read_budget_file(path: str | Path, n_layers: int) -> tuple[tuple[int, int], 
 
 
 def budgets_from_config(cfg, n_layers: int) -> Budgets:
-    """`MemoryConfig` -> Budgets (unlimited when none of budget / compression_ratio / budget_file)."""
-    if cfg.budget_file is not None:
-        return Budgets.from_file(cfg.budget_file, n_layers, cfg.modality_aware)
+    """`MemoryConfig` -> Budgets (unlimited when none of budget / budget_fraction / compression_ratio /
+    budget_file). A budget file together with budget or budget_fraction is the allocation profile."""
+    profile = read_budget_file(cfg.budget_file, n_layers) if cfg.budget_file is not None else None
+    if cfg.budget_fraction is not None:
+        return Budgets.of_fraction(cfg.budget_fraction, n_layers, cfg.rho, profile, cfg.modality_aware)
+    if cfg.budget is not None:
+        return Budgets.sized(cfg.budget, n_layers, cfg.rho, profile, cfg.modality_aware)
     if cfg.compression_ratio is not None:
         return Budgets.ratio(cfg.compression_ratio, cfg.modality_aware)
-    if cfg.budget is not None:
-        return Budgets.uniform(cfg.budget, n_layers, cfg.rho, cfg.modality_aware)
+    if profile is not None:
+        return Budgets(profile, None, cfg.modality_aware, rho=cfg.rho, n_layers=n_layers)
     return Budgets.unlimited()

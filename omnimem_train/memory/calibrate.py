@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from omnimem_train.memory.attention import _causal_block_logits, head_mean_queries
+from omnimem_train.memory.budgets import largest_remainder
 from omnimem_train.memory.context import LayerContext
 from omnimem_train.memory.layer_memory import LayerMemory
 from omnimem_train.memory.policy import MemoryPolicy
@@ -197,31 +198,6 @@ def layer_scores(stats: CalibrationStats) -> list[dict[str, float | None]]:
         e_all = stats.entropy["all"][i]
         g["all"] = max(0.0, e_all) * math.sqrt(sum(r.values()) / len(r)) if _valid(e_all) and r else None
         out.append(g)
-    return out
-
-
-def largest_remainder(shares: list[float], total: int) -> list[int]:
-    """Non-negative ints, each floor or ceil of its share (up to round-off), summing to `total`;
-    the leftover units go to the largest fractional parts (ties: lower index first), so a larger
-    share never gets fewer units."""
-    n = len(shares)
-    if n == 0:
-        if total:
-            raise ValueError("cannot distribute a positive total over zero layers")
-        return []
-    out = [max(0, math.floor(s)) for s in shares]
-    order = sorted(range(n), key=lambda j: (-(shares[j] - math.floor(shares[j])), j))
-    rest = total - sum(out)
-    k = 0
-    while rest > 0:  # normally rest < n: one pass
-        out[order[k % n]] += 1
-        rest, k = rest - 1, k + 1
-    k = n - 1
-    while rest < 0:  # only if round-off pushed the floors past the total
-        j = order[k % n]
-        if out[j] > 0:
-            out[j], rest = out[j] - 1, rest + 1
-        k -= 1
     return out
 
 

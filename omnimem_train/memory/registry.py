@@ -9,7 +9,7 @@ from omnimem_train.memory.policies.frame_drop import FrameDropPolicy
 from omnimem_train.memory.policies.full import FullMemory
 from omnimem_train.memory.policies.scored import ScoredPolicy
 from omnimem_train.memory.policy import MemoryPolicy
-from omnimem_train.memory.scorers.base import build_scorer, scorer_names
+from omnimem_train.memory.scorers.base import build_scorer, per_head_scorers, scorer_names
 
 SPECIAL = ("full", "frame_drop")
 
@@ -23,7 +23,12 @@ def build_policy(cfg, n_layers: int) -> MemoryPolicy:
     if cfg.scorer not in known_methods():
         raise ConfigError(f"memory.scorer: unknown scorer {cfg.scorer!r}; known: {', '.join(known_methods())}")
     if cfg.scorer == "full":
-        return FullMemory()
+        return FullMemory()  # keeps everything: memory.per_head has nothing to select, so it is no error
+    if cfg.per_head and cfg.scorer not in per_head_scorers():
+        # omnimem/novelty/recency/random score stream tokens, not KV heads; frame_drop drops time
+        # steps before the model: none has a per-head choice to make.
+        raise ConfigError(f"memory.per_head: {cfg.scorer!r} selects one token set for all KV heads; per-head "
+                          f"selection needs one of {', '.join(per_head_scorers())} (or memory.per_head: false)")
     budgets = budgets_from_config(cfg, n_layers)
     if cfg.scorer == "frame_drop":
         return FrameDropPolicy(budgets)

@@ -1,4 +1,9 @@
-"""What a stream left in memory: retained tokens per layer and modality, and their bytes."""
+"""What a stream left in memory: retained tokens per layer and modality, and their bytes.
+
+With `memory.per_head` the token counts are per KV head (every head keeps the same count of each
+modality, possibly different tokens); bytes count what is held for all heads, the per-head
+bookkeeping included.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,14 @@ from omnimem_train.models.base import Modality
 
 @dataclass
 class LayerReport:
-    text: int
-    visual: int
-    audio: int
+    # Tokens retained; with per_head the mean over KV heads (a float: under a pooled budget heads
+    # may split it differently between audio and visual).
+    text: int | float
+    visual: int | float
+    audio: int | float
     kv_bytes: int
     extra_bytes: int  # whatever else the policy stores per token (hidden states, running attention)
-    meta_bytes: int = 0  # the engine's per-token bookkeeping (positions, modality, stream index)
+    meta_bytes: int = 0  # the engine's per-token bookkeeping (positions, modality, stream index; per head)
 
 
 @dataclass

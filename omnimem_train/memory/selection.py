@@ -1,4 +1,8 @@
-"""Top-k selection under per-modality (or pooled) limits; text always kept; temporal order kept."""
+"""Top-k selection under per-modality (or pooled) limits; text always kept; temporal order kept.
+
+`select`: one index set shared by all KV heads (OmniMem's rule). `select_per_head`: every KV head its
+own top-k (`memory.per_head`, the rule of per-head references such as kvpress's presses).
+"""
 
 from __future__ import annotations
 
@@ -26,3 +30,33 @@ def select(scores: torch.Tensor, modality: torch.Tensor, limits: Limits) -> torc
         elif k > 0:
             keep[idx[scores[idx].float().topk(k).indices]] = True
     return None if bool(keep.all()) else keep.nonzero().squeeze(1)
+
+
+def select_per_head(scores: torch.Tensor, modality: torch.Tensor, limits: Limits) -> torch.Tensor | None:
+    """Per-KV-head `select`: scores (G, n), modality (G, n) -> (G, k) indices, each row ascending, or
+    None when everything fits.
+
+    Each head keeps all its text and its own top `limits.audio` audio / `limits.visual` visual
+    tokens (or top `limits.pooled` media). Every head's candidates hold the same number of tokens of
+    each kind counted (of each modality under aware limits, of media under pooled ones), since the
+    heads' memories were selected alike and the group is shared; so every head keeps the same
+    count and the result is rectangular.
+    """
+    g = scores.shape[0]
+    keep = modality == int(Modality.TEXT)
+    if limits.pooled is not None:
+        groups = [(~keep, limits.pooled)]
+    else:
+        groups = [(modality == int(Modality.AUDIO), limits.audio), (modality == int(Modality.VISUAL), limits.visual)]
+    for mask, k in groups:
+        per_head = mask.sum(1)
+        c = int(per_head[0])
+        if not bool((per_head == c).all()):
+            raise ValueError(f"per-head selection needs equal candidate counts per head, got {per_head.tolist()}")
+        if k is None or c <= k:
+            keep |= mask
+        elif k > 0:
+            idx = mask.nonzero()[:, 1].view(g, c)  # row g: head g's candidates of this kind, ascending
+            best = scores.gather(1, idx).float().topk(k, dim=1).indices
+            keep.scatter_(1, idx.gather(1, best), True)
+    return None if bool(keep.all()) else keep.nonzero()[:, 1].view(g, -1)

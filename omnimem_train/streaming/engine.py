@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from omnimem_train.memory.budgets import stream_counts
 from omnimem_train.memory.context import LayerContext
 from omnimem_train.memory.layer_memory import LayerMemory
 from omnimem_train.memory.policy import MemoryPolicy
@@ -78,6 +79,21 @@ class StreamingEngine:
 
     def new_state(self) -> StreamState:
         return StreamState(layers=[None] * len(self.adapter.decoder_layers))
+
+    def start_stream(self, pieces: Iterable[StreamPiece], expected: dict | None = None) -> Iterable[StreamPiece]:
+        """Tell the policy what a new stream holds before it runs -> the pieces to stream.
+
+        When the policy's budget depends on the stream (`memory.budget_fraction`), its exact
+        audio/visual token counts are needed first: the stream is materialised (encoded) and
+        counted. Otherwise the policy gets the estimate `expected` (frame dropping spaces its kept
+        steps by it) and the stream stays lazy.
+        """
+        if self.policy.needs_counts:
+            pieces = list(pieces)
+            self.policy.expect(stream_counts(pieces))
+        elif expected is not None:
+            self.policy.expect(expected)
+        return pieces
 
     def prefill(
         self,
@@ -185,7 +201,11 @@ class StreamingEngine:
                            lambda: self.adapter.group_queries(i, h_in, cos_sin, q_proj_out))
         with torch.no_grad():
             chosen = self.policy.update(ctx)
-        keep = None if chosen.n == cand.n else torch.searchsorted(cand.index, chosen.index)
+        # Map the chosen tokens back to candidate slots. Per-head memory (memory.per_head): chosen.index
+        # is (G, k), searchsorted maps each head's row on its own (against the shared (n,) index or that
+        # head's row), and a shared -> per-head change of layout is a take even when nothing is evicted.
+        same = chosen.n == cand.n and chosen.per_head == cand.per_head
+        keep = None if same else torch.searchsorted(cand.index, chosen.index.contiguous())
         if replay is not None:
             replay[i] = keep
         kept = cand if keep is None else cand.take(keep)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -13,6 +14,9 @@ from omnimem_train.models.base import MediaInput
 from omnimem_train.models.prompt import LETTERS, option_text, question_prompt
 from omnimem_train.streaming.answer import iter_generate, iter_text, score_options
 from omnimem_train.streaming.engine import StreamingEngine, StreamState
+
+if TYPE_CHECKING:
+    from omnimem_train.train.encoder_cache import EncoderCache
 
 
 @dataclass
@@ -32,15 +36,22 @@ class InferResult:
 def answer_question(engine: StreamingEngine, media: MediaInput, question: str, options: list[str] | None = None,
                     system_prompt: str = "", max_new_tokens: int = 32,
                     on_group: Callable[[StreamState, int], None] | None = None,
-                    on_text: Callable[[str], None] | None = None, answer_format: str = "letter") -> InferResult:
+                    on_text: Callable[[str], None] | None = None, answer_format: str = "letter",
+                    cache: EncoderCache | None = None, cache_key: tuple | None = None) -> InferResult:
     """Stream `media`, then answer. With `options`, each option's text is scored by log-likelihood
     and the best letter is the answer; otherwise greedy decoding, streamed through `on_text`.
-    `answer_format` (`prompt.ANSWER_FORMATS`) must match the training target."""
+    `answer_format` (`prompt.ANSWER_FORMATS`) must match the training target. `cache` (with the
+    media's `cache_key`): the encoded stream is taken from it, or encoded once and kept there (an
+    evaluation grid streams every sample under many memory settings; the towers' output is the same)."""
     ad = engine.adapter
     prefix, q_ids = question_prompt(ad.tokenizer, system_prompt, question, options, answer_format)
-    engine.policy.expect(media.expected_tokens)
     t0 = time.perf_counter()
-    state, _ = engine.prefill(ad.stream(media, prefix), on_group=on_group)
+    if cache is not None:
+        stream, expected = cache.get((cache_key, tuple(prefix)), lambda: media, prefix)
+    else:
+        stream, expected = ad.stream(media, prefix), media.expected_tokens
+    pieces = engine.start_stream(stream, expected)
+    state, _ = engine.prefill(pieces, on_group=on_group)
     seconds = time.perf_counter() - t0
     report = state.report()
     if options:

@@ -62,7 +62,7 @@ from omnimem_train.errors import ConfigError, MediaError, ModelError
 from omnimem_train.media.features import LogMelExtractor, smart_resize
 from omnimem_train.memory.policy import MemoryPolicy
 from omnimem_train.memory.report import MemoryReport
-from omnimem_train.models.base import StreamPiece
+from omnimem_train.models.base import Modality, StreamPiece
 from omnimem_train.models.prompt import (
     ANSWER_FORMATS,
     LETTERS,
@@ -84,15 +84,24 @@ class StreamSession:
     def __init__(self, adapter: Qwen2_5OmniAdapter, policy: MemoryPolicy, media_cfg: MediaConfig | None = None,
                  *, system_prompt: str = "", group_size: int | None = 1024, group_seconds: float | None = None,
                  answer_format: str = "letter", max_new_tokens: int = 32, video: bool = True,
-                 audio: bool | None = None, audio_window_s: float = 30.0):
+                 audio: bool | None = None, audio_window_s: float = 30.0, stream_tokens: int | None = None):
         """video / audio: which modalities the stream carries (fixed up front: the opening
-        delimiters depend on it); audio=None means "unless media_cfg.audio is off"."""
+        delimiters depend on it); audio=None means "unless media_cfg.audio is off".
+        stream_tokens: the planned stream's audio+visual token count, required by a
+        `memory.budget_fraction` budget (a live stream cannot count itself in advance); the budget
+        is then resolved from it by the same function as everywhere else (`budgets.fraction_budget`)."""
         if not isinstance(adapter, Qwen2_5OmniAdapter):
             raise ModelError(f"{getattr(adapter, 'name', adapter)}: a live session needs an audio-visual "
                              "(Qwen2.5-Omni) model; text-only LMs take text, not frames or samples")
         if type(policy).filter_stream is not MemoryPolicy.filter_stream:
             raise ConfigError(f"memory.scorer: {policy.name} drops stream tokens before the model, spaced by the "
                               "stream's length, which a live stream does not know; use an eviction method")
+        if policy.needs_counts:
+            if stream_tokens is None:
+                raise ConfigError("memory.budget_fraction: a live session does not know its stream's length; pass "
+                                  "stream_tokens=N (the planned audio+visual tokens) or set memory.budget")
+            # The split between audio and visual does not enter a budget_fraction's size.
+            policy.expect({Modality.VISUAL: int(stream_tokens), Modality.AUDIO: 0})
         media_cfg = media_cfg or MediaConfig()
         audio = media_cfg.audio != "off" if audio is None else audio
         if not (video or audio):
@@ -114,7 +123,7 @@ class StreamSession:
 
     @classmethod
     def from_pretrained(cls, model: str, *, video: bool = True, audio: bool | None = None,
-                        audio_window_s: float = 30.0, **settings) -> StreamSession:
+                        audio_window_s: float = 30.0, stream_tokens: int | None = None, **settings) -> StreamSession:
         """Load `model` (a model directory or builtin:<name>) with the memory settings saved next to
         it (as `omnimem-train infer` does), then `settings` on top: config keys as a recipe would
         set them, e.g. `memory={"scorer": "omnimem", "budget": 256}, device="cpu"`."""
@@ -132,7 +141,8 @@ class StreamSession:
         gen = cfg.generation
         session = cls(adapter, policy, cfg.media, system_prompt=gen.system_prompt, group_size=cfg.memory.group_size,
                       group_seconds=cfg.memory.group_seconds, answer_format=gen.answer_format,
-                      max_new_tokens=gen.max_new_tokens, video=video, audio=audio, audio_window_s=audio_window_s)
+                      max_new_tokens=gen.max_new_tokens, video=video, audio=audio, audio_window_s=audio_window_s,
+                      stream_tokens=stream_tokens)
         session.config, session.settings_note = cfg, note
         return session
 

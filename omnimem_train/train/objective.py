@@ -60,6 +60,9 @@ class StreamingObjective(nn.Module):
                    tower its log-mel is kept and re-encoded).
     answer_format: the prompt's answer format (`models.prompt.ANSWER_FORMATS`); the
                    example's `answer` must already be written in that format.
+    budget_range: (low, high): each batch streams under a budget_fraction drawn log-uniformly in
+                   [low, high] (torch's RNG, so a resumed run draws the same), for one model that
+                   works at many budgets; None: the policy's own budget.
     train_encoders: which towers run with autograd; with "audio" the vision tower runs without it and
                    the audio is re-encoded from the log-mel (`EncoderCache(train_audio=True)`, which
                    keeps nothing when no cache is asked for).
@@ -67,7 +70,8 @@ class StreamingObjective(nn.Module):
 
     def __init__(self, inner: nn.Module, adapter: ModelAdapter, engine: StreamingEngine, media: MediaConfig,
                  system_prompt: str, checkpoint: bool = True, train_encoders: str = "none",
-                 full_context: bool = False, cache: EncoderCache | None = None, answer_format: str = "letter"):
+                 full_context: bool = False, cache: EncoderCache | None = None, answer_format: str = "letter",
+                 budget_range: tuple[float, float] | None = None):
         super().__init__()
         if cache is not None and train_encoders in ("vision", "all"):
             raise ValueError("an encoder cache needs a frozen vision tower (train_encoders: none or audio)")
@@ -80,6 +84,7 @@ class StreamingObjective(nn.Module):
         self.adapter, self.engine, self.media = adapter, engine, media
         self.system_prompt, self.checkpoint, self.train_encoders = system_prompt, checkpoint, train_encoders
         self.full_context, self.cache, self.answer_format = full_context, cache, answer_format
+        self.budget_range = budget_range
         self.last_reports: list[MemoryReport] = []
 
     def forward(self, examples: list[Example]) -> torch.Tensor:
@@ -98,10 +103,12 @@ class StreamingObjective(nn.Module):
             for seq in seqs:
                 self.last_reports += [self._full_report(seq.pieces)] * len(seq.questions)
             return full_context_loss(self.adapter, seqs)
+        if self.budget_range is not None:
+            low, high = self.budget_range
+            self.engine.policy.set_fraction(low * (high / low) ** float(torch.rand(())))
         losses = []
         for ex, prefix, questions in streams.values():
-            pieces, expected = self._stream(ex, prefix)
-            self.engine.policy.expect(expected)
+            pieces = self.engine.start_stream(*self._stream(ex, prefix))
             state, _ = self.engine.prefill(pieces, checkpoint=self.checkpoint)
             report = state.report()
             for q_ids, a_ids in questions:  # nothing is committed: each question sees the same memory

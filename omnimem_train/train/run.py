@@ -85,7 +85,8 @@ def build_objective(cfg):
     objective = StreamingObjective(inner, adapter, engine, cfg.media, cfg.generation.system_prompt,
                                    checkpoint=cfg.gradient_checkpointing, train_encoders=cfg.train_encoders,
                                    full_context=cfg.compression == "none", cache=cache,
-                                   answer_format=cfg.generation.answer_format)
+                                   answer_format=cfg.generation.answer_format,
+                                   budget_range=tuple(cfg.train_budget_fractions) or None)
     return objective, adapter
 
 

@@ -95,7 +95,8 @@ def test_no_settings_file_is_plain_load_config(model):
     ({**SAVED, "scorr": "x"}, ["unknown key 'memory.scorr'", "did you mean 'memory.scorer'"]),
     ({**SAVED, "group_size": "big"}, ["'memory.group_size'", "'big'"]),
     ({**SAVED, "compression": "lots"}, ["'compression'", "'lots'"]),
-    ({**SAVED, "budget_file": "b.json"}, ["only one of budget"]),
+    ({**SAVED, "budget_fraction": 0.0625}, ["only one of budget"]),
+    ({**SAVED, "budget": None, "compression_ratio": 0.5, "budget_file": "b.json"}, ["no budget_file with"]),
 ])
 def test_bad_settings_file_is_a_one_line_error_naming_it(model, content, needles):
     if "budget_file" in str(content):

@@ -16,8 +16,8 @@ from omnimem_train.config import load_config
 
 RECIPE = "recipes/eval/tiny_omni.yaml"
 GRID = ["eval.scorers=[omnimem,recency]", "eval.budgets=[16]", "eval.budget_fractions=[]",
-        "eval.modality=[aware,blind]", "memory.group_size=32", "device=cpu"]
-CELLS = ["full", "omnimem-16-aware", "omnimem-16-blind", "recency-16-aware", "recency-16-blind"]
+        "eval.allocations=[uniform,blind]", "memory.group_size=32", "device=cpu"]
+CELLS = ["full", "omnimem-16-uniform", "omnimem-16-blind", "recency-16-uniform", "recency-16-blind"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -120,12 +120,12 @@ def test_cells_run_their_memory_settings(grid):
     full = json.loads((out_dir / "cells" / "full" / "metrics.json").read_text())
     assert full["scorer"] == "full" and full["budget"] is None
     for name in CELLS[1:]:
-        scorer, budget, modality = name.split("-")
+        scorer, budget, allocation = name.split("-")
         cfg = load_config(out_dir / "cells" / name / "config.yaml")
         assert (cfg.memory.scorer, cfg.memory.budget) == (scorer, int(budget))
-        assert cfg.memory.modality_aware == (modality == "aware")
+        assert cfg.memory.modality_aware == (allocation == "uniform")
         m = json.loads((out_dir / "cells" / name / "metrics.json").read_text())
-        assert (m["scorer"], m["budget"], m["modality"]) == (scorer, int(budget), modality)
+        assert (m["scorer"], m["budget"], m["allocation"]) == (scorer, int(budget), allocation)
         assert all(p["budget"] == 16 for p in _predictions(out_dir / "cells" / name / "predictions.jsonl"))
         assert m["kv_bytes_mean"] < full["kv_bytes_mean"]  # 16 media tokens per layer instead of ~58
     assert load_config(out_dir / "cells" / "full" / "config.yaml").memory.scorer == "full"
@@ -151,14 +151,14 @@ def test_a_model_retrained_in_place_makes_its_cells_stale(manifest, tmp_path):
 
     model = tmp_path / "model"
     shutil.copytree(resolve_builtin("tiny-omni")[0], model)
-    small = ["eval.scorers=[recency]", "eval.budgets=[16]", "eval.modality=[aware]", "memory.group_size=32",
+    small = ["eval.scorers=[recency]", "eval.budgets=[16]", "eval.allocations=[uniform]", "memory.group_size=32",
              "device=cpu", f"eval.manifest={manifest}", f"output_dir={tmp_path / 'run'}",
              f"model_name_or_path={model}"]
     assert _main(["eval", RECIPE, *small])[0] == 0
     first = json.loads((tmp_path / "run" / "cells" / "full" / "metrics.json").read_text())
     assert str(model / "model.safetensors") in first["input_files"]
     code, out, _ = _main(["eval", RECIPE, *small])
-    assert code == 0 and "skip full" in out and "skip recency-16-aware" in out
+    assert code == 0 and "skip full" in out and "skip recency-16-uniform" in out
     weights = load_file(str(model / "model.safetensors"))  # "retrain" into the same folder
     save_file({k: v * 1.01 for k, v in weights.items()}, str(model / "model.safetensors"), metadata={"format": "pt"})
     code, out, err = _main(["eval", RECIPE, *small])
@@ -170,11 +170,11 @@ def test_a_model_retrained_in_place_makes_its_cells_stale(manifest, tmp_path):
 
 def test_fraction_evaluates_the_first_samples(manifest, tmp_path):
     ids = [json.loads(line)["id"] for line in Path(manifest).read_text().splitlines()]
-    small = ["eval.scorers=[recency]", "eval.budgets=[16]", "eval.modality=[aware]", "memory.group_size=32",
+    small = ["eval.scorers=[recency]", "eval.budgets=[16]", "eval.allocations=[uniform]", "memory.group_size=32",
              "device=cpu", f"eval.manifest={manifest}", f"output_dir={tmp_path}"]
     code, out, err = _main(["eval", RECIPE, *small, "eval.fraction=0.5"])
     assert code == 0, err
-    for name in ("full", "recency-16-aware"):
+    for name in ("full", "recency-16-uniform"):
         assert [p["id"] for p in _predictions(tmp_path / "cells" / name / "predictions.jsonl")] == ids[:2]
         assert json.loads((tmp_path / "cells" / name / "metrics.json").read_text())["n"] == 2
     # Other settings (here the whole split) make the finished cells stale: they are run again.
@@ -193,7 +193,7 @@ def test_fraction_evaluates_the_first_samples(manifest, tmp_path):
         (["eval.manifest=null"], "error: eval.manifest: not set"),
         (["eval.split=val"], "has no samples of split 'val' (it has: test)"),
         (["eval.fraction=0"], "key 'eval.fraction': expected a fraction in (0, 1], got 0"),
-        (["eval.modality=[aware,deaf]"], "key 'eval.modality': expected a list of aware | blind"),
+        (["eval.allocations=[uniform,deaf]"], "key 'eval.allocations': expected a list of uniform | calibrated | blind"),
     ],
 )
 def test_bad_input_is_one_line_error(overrides, expected, manifest, tmp_path):
@@ -215,11 +215,11 @@ def test_cells_take_the_other_memory_settings_from_the_model(manifest, tmp_path)
          "rho": 3.0}))
     out_dir = tmp_path / "run"
     code, out, err = _main(["eval", "--model", str(model), f"eval.manifest={manifest}", f"output_dir={out_dir}",
-                            "eval.scorers=[recency]", "eval.budgets=[16]", "eval.modality=[aware]",
+                            "eval.scorers=[recency]", "eval.budgets=[16]", "eval.allocations=[uniform]",
                             "eval.fraction=0.25", "memory.rho=4.0", "device=cpu"])
     assert code == 0, err
     assert "omnimem_memory.json" in err and "group_size=24" in err
-    cell = load_config(out_dir / "cells" / "recency-16-aware" / "config.yaml").memory
+    cell = load_config(out_dir / "cells" / "recency-16-uniform" / "config.yaml").memory
     assert (cell.scorer, cell.budget) == ("recency", 16)  # the cell's own
     assert (cell.group_size, cell.sink_tokens, cell.rho) == (24, 0, 4.0)  # the model's, unless overridden
     full = load_config(out_dir / "cells" / "full" / "config.yaml").memory
@@ -230,14 +230,14 @@ def test_markdown_summary_has_one_row_per_cell_and_per_type_columns():
     from omnimem_train.eval.grid import format_markdown
 
     rows = [
-        {"scorer": "full", "budget": None, "budget_fraction": None, "modality": None, "accuracy": 0.5,
-         "ci": [0.3, 0.7], "n": 4, "kv_bytes_mean": 2**20,
+        {"scorer": "full", "budget": None, "budget_fraction": None, "allocation": None, "accuracy": 0.5,
+         "ci": [0.3, 0.7], "n": 4, "kv_bytes_mean": 2**20, "total_bytes_mean": 2**21,
          "per_type": {"a": {"accuracy": 1.0}, "b": {"accuracy": 0.0}}},
-        {"scorer": "omnimem", "budget": None, "budget_fraction": 0.0625, "modality": "aware", "accuracy": 0.25,
-         "ci": [0.05, 0.7], "n": 4, "kv_bytes_mean": 1024, "per_type": {"a": {"accuracy": 0.5}}},
+        {"scorer": "omnimem", "budget": None, "budget_fraction": 0.0625, "allocation": "uniform", "accuracy": 0.25,
+         "ci": [0.05, 0.7], "n": 4, "kv_bytes_mean": 1024, "total_bytes_mean": 3072, "per_type": {"a": {"accuracy": 0.5}}},
     ]
     lines = format_markdown(rows).strip().splitlines()
-    assert lines[0] == "| scorer | budget | memory | accuracy [95% CI] | a | b | n | KV MiB |"
-    assert lines[2].startswith("| full | - | - | 0.500 [0.300, 0.700] | 1.00 | 0.00 | 4 |")
-    assert lines[3].startswith("| omnimem | 0.0625x | aware | 0.250 [0.050, 0.700] | 0.50 | - | 4 |")
+    assert lines[0] == "| scorer | budget | allocation | accuracy [95% CI] | a | b | n | KV MiB | state MiB |"
+    assert lines[2] == "| full | - | - | 0.500 [0.300, 0.700] | 1.00 | 0.00 | 4 | 1.000 | 2.000 |"
+    assert lines[3].startswith("| omnimem | 0.0625x | uniform | 0.250 [0.050, 0.700] | 0.50 | - | 4 |")
     assert len(lines) == 4

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -53,34 +54,48 @@ def test_accuracy_and_breakdown():
 
 def test_grid_cells_names_and_order():
     ecfg = EvalConfig(scorers=["omnimem", "full", "recency"], budgets=[64, 64, 32], budget_fractions=[0.125],
-                      modality=["aware", "blind"])
+                      allocations=["uniform", "blind"])
     names = [c.name for c in grid_cells(ecfg)]
     assert names[0] == "full" and names.count("full") == 1  # always in, never twice
-    assert names[1:7] == ["omnimem-64-aware", "omnimem-64-blind", "omnimem-32-aware", "omnimem-32-blind",
-                          "omnimem-f0.125-aware", "omnimem-f0.125-blind"]
+    assert names[1:7] == ["omnimem-64-uniform", "omnimem-64-blind", "omnimem-32-uniform", "omnimem-32-blind",
+                          "omnimem-f0.125-uniform", "omnimem-f0.125-blind"]
     assert len(names) == 1 + 2 * 3 * 2
     assert [c.name for c in grid_cells(EvalConfig(scorers=[]))] == ["full"]
 
 
 def test_cell_config_sets_memory_and_narrows_eval():
     cfg = Config(memory=dataclasses.replace(Config().memory, budget_file="b.json", scorer="h2o"))
-    c = cell_config(cfg, Cell("recency", budget=8, modality="blind"))
+    c = cell_config(cfg, Cell("recency", budget=8, allocation="blind"))
     assert (c.memory.scorer, c.memory.budget, c.memory.budget_file, c.memory.modality_aware) == ("recency", 8, None,
                                                                                                  False)
-    assert (c.eval.scorers, c.eval.budgets, c.eval.modality) == (["recency"], [8], ["blind"])
+    assert (c.eval.scorers, c.eval.budgets, c.eval.allocations) == (["recency"], [8], ["blind"])
     f = cell_config(cfg, Cell("full"))
     assert (f.memory.scorer, f.memory.budget, f.eval.scorers) == ("full", None, [])
-    frac = cell_config(cfg, Cell("omnimem", budget_fraction=0.25, modality="aware"))
+    frac = cell_config(cfg, Cell("omnimem", budget_fraction=0.25, allocation="uniform"))
     assert frac.memory.budget is None and frac.eval.budget_fractions == [0.25] and frac.eval.budgets == []
+    assert (frac.memory.budget_fraction, frac.memory.budget_file, frac.memory.modality_aware) == (0.25, None, True)
+    cal = cell_config(cfg, Cell("omnimem", budget_fraction=0.25, allocation="calibrated"))
+    assert (cal.memory.budget_fraction, cal.memory.modality_aware) == (0.25, True)
+    assert cal.memory.budget_file == str(Path(cfg.output_dir) / "calibration" / "budget_profile.json")
+    given = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, calibration_profile="tuned_with.json"))
+    assert cell_config(given, Cell("omnimem", budget=8, allocation="calibrated")).memory.budget_file == "tuned_with.json"
+
+
+def test_frame_drop_has_no_calibrated_cell():
+    ecfg = EvalConfig(scorers=["frame_drop", "novelty"], budgets=[], budget_fractions=[0.0625],
+                      allocations=["uniform", "calibrated", "blind"])
+    names = [c.name for c in grid_cells(ecfg)]
+    assert names == ["full", "frame_drop-f0.0625-uniform", "frame_drop-f0.0625-blind", "novelty-f0.0625-uniform",
+                     "novelty-f0.0625-calibrated", "novelty-f0.0625-blind"]
 
 
 def test_format_table_lines():
-    row = {"scorer": "full", "budget": None, "budget_fraction": None, "modality": None, "accuracy": 0.5,
-           "ci": [0.1, 0.9], "n": 4, "kv_bytes_mean": 2**20, "samples_per_s": 3.0}
-    frac = dict(row, scorer="omnimem", budget_fraction=0.125, modality="aware")
+    row = {"scorer": "full", "budget": None, "budget_fraction": None, "allocation": None, "accuracy": 0.5,
+           "ci": [0.1, 0.9], "n": 4, "kv_bytes_mean": 2**20, "total_bytes_mean": 3 * 2**20, "samples_per_s": 3.0}
+    frac = dict(row, scorer="omnimem", budget_fraction=0.125, allocation="uniform")
     lines = format_table([row, frac]).splitlines()
-    assert len(lines) == 4 and "0.500 [0.100, 0.900]" in lines[2] and "1.000" in lines[2]
-    assert "0.125x" in lines[3] and "aware" in lines[3]
+    assert len(lines) == 4 and "0.500 [0.100, 0.900]" in lines[2] and "1.000" in lines[2] and "3.000" in lines[2]
+    assert "0.125x" in lines[3] and "uniform" in lines[3]
 
 
 def test_select_samples_fraction(tmp_path):
@@ -102,13 +117,13 @@ def test_eval_config_section():
     cfg = load_config(None, ["eval.budgets=[8,16]", "eval.budget_fractions=[0.125]", "eval.fraction=0.5"])
     assert cfg.eval.budgets == [8, 16] and cfg.eval.budget_fractions == [0.125] and cfg.eval.fraction == 0.5
     for kwargs, name in [({"fraction": 1.5}, "fraction"), ({"budgets": [0]}, "budgets"),
-                         ({"budget_fractions": [0.0]}, "budget_fractions"), ({"modality": ["both"]}, "modality"),
+                         ({"budget_fractions": [0.0]}, "budget_fractions"), ({"allocations": ["both"]}, "allocations"),
                          ({"split": "dev"}, "split"), ({"budgets": [], "budget_fractions": []}, "budgets"),
                          ({"manifest": " "}, "manifest")]:
         with pytest.raises(FieldValueError) as info:
             EvalConfig(**kwargs)
         assert info.value.name == name
-    assert EvalConfig(scorers=[], budgets=[], modality=[]).scorers == []  # full memory only
+    assert EvalConfig(scorers=[], budgets=[], allocations=[]).scorers == []  # full memory only
     with pytest.raises(ConfigError, match="eval.budgets"):
         load_config(None, ["eval.budgets=[1.5]"])
 

@@ -1,4 +1,5 @@
-"""Budgets: uniform split by rho, ratio, per-layer files (and their one-line errors), selection."""
+"""Budgets: uniform split by rho, ratio, per-layer files (and their one-line errors), the relative
+budget (budget_fraction) and per-layer profiles scaled to equal memory, selection."""
 
 import json
 
@@ -7,7 +8,15 @@ import torch
 
 from omnimem_train.config.schema import MemoryConfig
 from omnimem_train.errors import ConfigError
-from omnimem_train.memory.budgets import Budgets, Limits, budgets_from_config, read_budget_file
+from omnimem_train.memory.budgets import (
+    Budgets,
+    Limits,
+    budgets_from_config,
+    fraction_budget,
+    largest_remainder,
+    read_budget_file,
+    scale_profile,
+)
 from omnimem_train.memory.registry import build_policy, known_methods
 from omnimem_train.memory.selection import select
 from omnimem_train.models.base import Modality
@@ -72,6 +81,73 @@ def test_unknown_scorer_lists_known_names():
 def test_config_rejects_two_budget_modes():
     with pytest.raises(ValueError, match="only one of"):
         MemoryConfig(budget=10, compression_ratio=0.5)
+    with pytest.raises(ValueError, match="only one of"):
+        MemoryConfig(budget_fraction=0.0625, budget=10)
+    with pytest.raises(ValueError, match="budget_fraction"):
+        MemoryConfig(budget_fraction=0.0)
+    with pytest.raises(ValueError, match="budget_fraction"):
+        MemoryConfig(budget_fraction=1.5)
+    with pytest.raises(ValueError, match="no budget_file with compression_ratio"):
+        MemoryConfig(budget_file="b.json", compression_ratio=0.5)
+    MemoryConfig(budget_file="b.json", budget_fraction=0.0625)  # a profile at a relative size: fine
+
+
+def test_fraction_budget_is_exact_and_rounds_half_up():
+    counts = {Modality.AUDIO: 100, Modality.VISUAL: 400}
+    assert fraction_budget(1 / 16, counts) == 31  # 31.25
+    assert fraction_budget(0.125, counts) == 63  # 62.5: half up
+    assert fraction_budget(1 / 256, counts) == 2  # 1.95
+    assert fraction_budget(1e-6, counts) == 1  # a stream with media keeps at least one token
+    assert fraction_budget(0.5, {}) == 0  # nothing to keep
+    assert fraction_budget(1.0, counts) == 500
+    assert fraction_budget(0.5, {Modality.AUDIO: 3, Modality.VISUAL: 0, Modality.TEXT: 1000}) == 2  # text never counts
+    with pytest.raises(ValueError):
+        fraction_budget(0.0, counts)
+
+
+def test_largest_remainder_sums_exactly_and_keeps_order():
+    assert largest_remainder([0.5, 0.5, 2.0], 3) == [1, 0, 2]
+    assert largest_remainder([], 0) == []
+    with pytest.raises(ValueError):
+        largest_remainder([], 1)
+    shares = [3.7, 0.2, 1.1, 5.0]
+    out = largest_remainder(shares, 10)
+    assert sum(out) == 10 and all(abs(o - s) < 1 for o, s in zip(out, shares))
+
+
+@pytest.mark.parametrize("total", [0, 1, 7, 31, 124, 1000])
+def test_scale_profile_sums_exactly_and_keeps_the_shape(total):
+    profile = ((120, 600), (10, 200), (5, 90), (300, 900))  # 6.6x between layer totals, audio-heavy layers
+    scaled = scale_profile(profile, total)
+    assert sum(a + v for a, v in scaled) == total  # equal memory: exactly the uniform cell's total
+    z = sum(a + v for a, v in profile)
+    for (a, v), (pa, pv) in zip(scaled, profile):
+        assert abs(a - total * pa / z) < 1 and abs(v - total * pv / z) < 1
+    if total >= 1000:  # the shape survives: the largest layer stays the largest, audio shares stay apart
+        assert max(range(4), key=lambda i: sum(scaled[i])) == 3
+        assert scaled[0][0] / sum(scaled[0]) == pytest.approx(120 / 720, abs=0.01)
+
+
+def test_budget_fraction_resolves_per_stream_uniform_and_profiled(tmp_path):
+    counts = {Modality.AUDIO: 100, Modality.VISUAL: 400}  # 1/16 -> 31 per layer
+    uni = budgets_from_config(MemoryConfig(scorer="omnimem", budget_fraction=0.0625, rho=5.0), 4)
+    assert uni.needs_counts
+    with pytest.raises(RuntimeError):
+        uni.limits(0, {})  # unresolved: never silently unlimited
+    concrete = uni.for_stream(counts)
+    assert concrete.per_layer == ((5, 26),) * 4 and concrete.mean_total() == 31
+    f = tmp_path / "profile.json"
+    f.write_text(json.dumps({"layers": [[100, 500], [0, 50], [10, 90], [40, 210]]}))
+    cal = budgets_from_config(MemoryConfig(scorer="omnimem", budget_fraction=0.0625, budget_file=str(f)), 4)
+    layers = cal.for_stream(counts).per_layer
+    assert sum(a + v for a, v in layers) == 4 * 31  # the same total as the uniform cell
+    assert layers != concrete.per_layer and layers[0][0] > layers[1][0]  # the profile's shape, not uniform
+    blind = budgets_from_config(MemoryConfig(scorer="omnimem", budget_fraction=0.0625, modality_aware=False), 4)
+    assert blind.for_stream(counts).limits(3, {}) == Limits(pooled=31)
+    sized = budgets_from_config(MemoryConfig(scorer="omnimem", budget=31, budget_file=str(f)), 4)
+    assert sized.per_layer == layers  # an absolute size scales the profile the same way
+    # a longer stream gets a proportionally larger fixed budget: the size is the stream's own fraction
+    assert uni.for_stream({Modality.AUDIO: 200, Modality.VISUAL: 800}).mean_total() == 63  # 62.5, half up
 
 
 def test_select_keeps_text_top_k_per_modality_in_order():

@@ -17,7 +17,6 @@ from omnimem_train.memory.calibrate import (
     CalibrationCollector,
     CalibrationStats,
     allocate,
-    largest_remainder,
     layer_scores,
     write_budget_file,
 )
@@ -125,11 +124,7 @@ def test_unmeasured_modality_falls_back_to_the_prior():
     assert allocate(nothing, 13, 0.2, 1.0) == [[4, 3], [3, 3]]  # uniform layers, 1:1 split
 
 
-def test_largest_remainder_and_bad_arguments():
-    assert largest_remainder([0.5, 0.5, 2.0], 3) == [1, 0, 2]
-    assert largest_remainder([], 0) == []
-    with pytest.raises(ValueError):
-        largest_remainder([], 1)
+def test_allocate_bad_arguments():
     for bad in [dict(total=-1), dict(total=1.5), dict(temperature=0.0), dict(rho=-1.0)]:
         kw = dict(total=10, temperature=0.2, rho=5.0) | bad
         with pytest.raises(ValueError):

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from omnimem_train.memory.policies.frame_drop import media_counts
+from omnimem_train.memory.budgets import stream_counts as media_counts
 from omnimem_train.memory.registry import known_methods, make_policy
 from omnimem_train.models.base import Modality
 from omnimem_train.streaming.engine import StreamingEngine

@@ -2,7 +2,7 @@
 
 import torch
 
-from omnimem_train.memory.policies.frame_drop import media_counts
+from omnimem_train.memory.budgets import stream_counts as media_counts
 from omnimem_train.memory.registry import make_policy
 from omnimem_train.models.base import Modality
 from tests.memory.streams import omni_pieces

@@ -10,23 +10,22 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from omnimem_train.memory.budgets import Budgets
-from omnimem_train.memory.policy import MemoryPolicy
+from omnimem_train.memory.policy import BudgetedPolicy
 from omnimem_train.models.base import Modality, StreamPiece
 
 _MEDIA = (Modality.AUDIO, Modality.VISUAL)
 
 
-class FrameDropPolicy(MemoryPolicy):
+class FrameDropPolicy(BudgetedPolicy):
     name = "frame_drop"
 
     def __init__(self, budgets: Budgets):
-        self.budgets = budgets
+        super().__init__(budgets)
         self.expected: dict[Modality, int] = {}
 
     def expect(self, tokens: dict[Modality, int]) -> None:
+        super().expect(tokens)
         self.expected = dict(tokens)
 
     def update(self, ctx):
@@ -90,8 +89,3 @@ class FrameDropPolicy(MemoryPolicy):
     def describe(self):
         return f"frame_drop(caps={ {getattr(k, 'name', 'pooled'): v for k, v in self._caps().items()} })"
 
-
-def media_counts(pieces: list[StreamPiece]) -> dict[Modality, int]:
-    """Exact audio/visual token counts of a materialised stream (for tests and small inputs)."""
-    mod = torch.cat([p.modality for p in pieces])
-    return {m: int((mod == int(m)).sum()) for m in _MEDIA}

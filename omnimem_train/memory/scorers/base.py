@@ -18,9 +18,16 @@ class Scorer(ABC):
     A scorer that needs per-token state (hidden states, running attention) names it in `extras`
     and provides its initial value for new tokens in `new_token_extras`; the state then travels
     with each token through selection.
+
+    A scorer whose reference selects per KV head sets `supports_per_head`; built with
+    `memory.per_head` its `per_head` is set and `score` returns one row of scores per KV head. The
+    candidates are then in the per-head layout (`LayerMemory.by_head`): slot i of head g is head g's
+    own token, and per-token extras are (G, n, ...).
     """
 
     name: str = "base"
+    supports_per_head: bool = False  # has a per-KV-head score (memory.per_head may be set)
+    per_head: bool = False  # score per KV head: (G, n) instead of (n,)
 
     @classmethod
     def from_config(cls, cfg) -> Scorer:
@@ -33,7 +40,8 @@ class Scorer(ABC):
 
     @abstractmethod
     def score(self, ctx: LayerContext) -> torch.Tensor:
-        """-> (n,) float scores over ctx.cand (may update ctx.cand.extras in place)."""
+        """-> (n,) float scores over ctx.cand, or (G, n) when `per_head` (may update ctx.cand.extras
+        in place)."""
 
     def describe(self) -> str:
         return self.name
@@ -56,8 +64,16 @@ def scorer_names() -> list[str]:
     return sorted(_SCORERS)
 
 
+def per_head_scorers() -> list[str]:
+    """Scorers that can select per KV head (`memory.per_head`)."""
+    return [name for name in scorer_names() if _SCORERS[name].supports_per_head]
+
+
 def build_scorer(name: str, cfg) -> Scorer:
     names = scorer_names()
     if name not in _SCORERS:
         raise ConfigError(f"memory.scorer: unknown scorer {name!r}; known: {', '.join(names)}")
-    return _SCORERS[name].from_config(cfg)
+    scorer = _SCORERS[name].from_config(cfg)
+    if cfg.per_head:  # the registry has refused per_head for scorers without a per-head score
+        scorer.per_head = True
+    return scorer

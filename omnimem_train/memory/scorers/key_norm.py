@@ -1,4 +1,5 @@
-"""key_norm: KnormPress: low key norm ≈ high attention, so keep the smallest norms (mean over KV heads)."""
+"""key_norm: KnormPress: low key norm ≈ high attention, so keep the smallest norms (mean over KV heads,
+or per KV head with memory.per_head, as KnormPress selects)."""
 
 from __future__ import annotations
 
@@ -9,5 +10,8 @@ from omnimem_train.memory.scorers.base import Scorer, register_scorer
 class KeyNormScorer(Scorer):
     """KnormPress: low key norm ≈ high attention, so keep the smallest norms (mean over KV heads)."""
 
+    supports_per_head = True
+
     def score(self, ctx):
-        return -ctx.cand.keys[0].float().norm(dim=-1).mean(0)
+        norms = ctx.cand.keys[0].float().norm(dim=-1)  # (G, n)
+        return -norms if self.per_head else -norms.mean(0)

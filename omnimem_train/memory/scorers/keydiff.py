@@ -9,9 +9,13 @@ from omnimem_train.memory.scorers.base import Scorer, register_scorer
 
 @register_scorer("keydiff")
 class KeyDiffScorer(Scorer):
-    """KeyDiff: keep keys far from the mean key (low cosine to the anchor), averaged over KV heads."""
+    """KeyDiff: keep keys far from the mean key (low cosine to the anchor), averaged over KV heads
+    (or per KV head with memory.per_head, each head against the mean of its own candidates)."""
+
+    supports_per_head = True
 
     def score(self, ctx):
         keys = ctx.cand.keys[0].float()  # (G, n, d)
         anchor = keys.mean(dim=1, keepdim=True)
-        return -torch.nn.functional.cosine_similarity(keys, anchor, dim=-1).mean(0)
+        cos = torch.nn.functional.cosine_similarity(keys, anchor, dim=-1)  # (G, n)
+        return -cos if self.per_head else -cos.mean(0)

@@ -1,0 +1,93 @@
+"""The grid's calibrated allocation: one per-layer [audio, visual] profile per evaluation, measured
+on clips of the manifest's TRAIN split (never the evaluated split), by the same calibration path as
+`omnimem-train calibrate` (`calibrate_cmd.run_calibration`).
+
+The profile's total is only its resolution (`PROFILE_TOKENS_PER_LAYER` per layer): each cell scales
+it per sample to the same total as its uniform cell (`budgets.scale_profile`), so allocations
+compare at equal memory. `<output_dir>/calibration/` holds the profile (with the statistics it came
+from), its plot and `settings.json`, the settings it was measured with; a later run reuses it while
+those are unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from omnimem_train.errors import ConfigError
+from omnimem_train.utils.atomic import atomic_write_text
+
+CALIBRATION_DIR = "calibration"
+PROFILE = "budget_profile.json"
+SETTINGS = "settings.json"
+CALIBRATION_SPLIT = "train"
+PROFILE_TOKENS_PER_LAYER = 10_000
+
+
+def calibration_path(cfg) -> Path:
+    """The calibrated profile the grid uses: `eval.calibration_profile` when given, else its own."""
+    if cfg.eval.calibration_profile is not None:
+        return Path(cfg.eval.calibration_profile)
+    return Path(cfg.output_dir) / CALIBRATION_DIR / PROFILE
+
+
+def calibration_inputs(ecfg) -> list[str]:
+    """The first `ecfg.calibration_clips` distinct media files of the manifest's train split."""
+    from omnimem_train.data.manifest import read_manifest
+
+    samples = read_manifest(ecfg.manifest, CALIBRATION_SPLIT)
+    videos = list(dict.fromkeys(s.video or s.audio for s in samples if s.video or s.audio))
+    if not videos:
+        raise ConfigError(f"eval.allocations: calibrated needs clips of the {CALIBRATION_SPLIT!r} split in "
+                          f"{ecfg.manifest} (the evaluated split is never used to calibrate); it has none")
+    return videos[: ecfg.calibration_clips]
+
+
+def _settings(cfg, inputs: list[str], model_files: dict) -> dict:
+    m = cfg.memory
+    return {"split": CALIBRATION_SPLIT, "inputs": inputs, "model": cfg.model_name_or_path, "model_files": model_files,
+            "temperature": m.temperature, "rho": m.rho, "group_size": m.group_size, "group_seconds": m.group_seconds,
+            "query_block": m.query_block, "media": dataclasses.asdict(cfg.media),
+            "system_prompt": cfg.generation.system_prompt, "answer_format": cfg.generation.answer_format,
+            "tokens_per_layer": PROFILE_TOKENS_PER_LAYER}
+
+
+def is_calibrated(cfg, model_files: dict) -> bool:
+    """The profile exists and was measured with the current settings and model files."""
+    folder = calibration_path(cfg).parent
+    try:
+        saved = json.loads((folder / SETTINGS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not calibration_path(cfg).is_file():
+        return False
+    return saved == _settings(cfg, calibration_inputs(cfg.eval), model_files)
+
+
+def calibrate_profile(adapter, cfg, model_files: dict, err: TextIO | None = None) -> Path:
+    """Measure and write the profile (unless `is_calibrated`) -> its path."""
+    from omnimem_train.calibrate_cmd import run_calibration
+
+    err = err or sys.stderr
+    path = calibration_path(cfg)
+    if cfg.eval.calibration_profile is not None:
+        if not path.is_file():
+            raise ConfigError(f"eval.calibration_profile: {path}: budget file not found")
+        return path
+    if is_calibrated(cfg, model_files):
+        return path
+    inputs = calibration_inputs(cfg.eval)
+    (path.parent / SETTINGS).unlink(missing_ok=True)  # an interrupted run must not look finished
+    print(f"calibrating the allocation on {len(inputs)} {CALIBRATION_SPLIT}-split clips -> {path}", file=err,
+          flush=True)
+    n_layers = len(adapter.decoder_layers)
+    layers, _, _ = run_calibration(adapter, cfg, inputs, path, PROFILE_TOKENS_PER_LAYER * n_layers, err=err)
+    audio = sum(a for a, _ in layers) / max(sum(a + v for a, v in layers), 1)
+    totals = [a + v for a, v in layers]
+    print(f"calibrated profile: audio {audio:.1%} of memory, layer totals {min(totals)}..{max(totals)} "
+          f"({max(totals) / max(min(totals), 1):.1f}x)", file=err, flush=True)
+    atomic_write_text(path.parent / SETTINGS, json.dumps(_settings(cfg, inputs, model_files), indent=2) + "\n")
+    return path
