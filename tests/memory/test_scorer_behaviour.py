@@ -288,6 +288,22 @@ def case_recency(scorer) -> bool:
     return layer.kept == text_of(group * 3) | {1, 19, 21} | {2, 22}
 
 
+def test_recency_an_evicted_sink_promotes_no_other_token():
+    """Sinks are the stream's first media tokens, not the first ones still in memory: with 2 sinks
+    (audio 1, visual 2) and no audio budget, the audio sink goes, and visual token 4 must not take
+    its place; memory keeps sink 2 + the two most recent visual tokens after every group."""
+    from omnimem_train.memory.scorers.recency import RecencyScorer
+
+    layer = Layer(RecencyScorer(sink_tokens=2), audio=0, visual=3)
+    groups = ["TAVVVVT", "TVVVVVT", "TVVVVVT"]
+    start = 0
+    for g in groups:
+        layer.feed(g)
+        start += len(g)
+        media = {i for i in layer.kept if i not in text_of(*groups)}
+        assert media == {2, start - 3, start - 2}, media
+
+
 def _novel_hidden(spec: str, novel: dict[int, int]) -> torch.Tensor:
     """(n, HID) hidden states: a run of identical states e0, except token i = e_{novel[i]}
     (orthogonal to e0 and to each other), so: a novel token has cos 0 with both neighbours and

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from omnimem_train.memory.scorers.base import Scorer, register_scorer
 from omnimem_train.models.base import Modality
 
@@ -17,10 +19,20 @@ class RecencyScorer(Scorer):
     def from_config(cls, cfg):
         return cls(cfg.sink_tokens)
 
+    def new_token_extras(self, hidden_new):
+        return {"sink": torch.zeros(hidden_new.shape[0], dtype=torch.bool, device=hidden_new.device)}
+
     def score(self, ctx):
-        scores = ctx.cand.index.float()
         media = ctx.cand.modality != int(Modality.TEXT)
-        # Sinks are never evicted, so the first media tokens in memory are the stream's first ones.
-        rank = media.long().cumsum(0)
-        scores[media & (rank <= self.sink_tokens)] = float("inf")
+        # A sink is one of the stream's first `sink_tokens` media tokens, marked when it arrives (its
+        # rank among the media seen so far) and carried with it: a modality budget below the sink
+        # count may evict a sink, and the next media token in memory must not become one.
+        new = media[ctx.n_old:]
+        before = sum(ctx.seen.values()) - int(new.sum())
+        rank = before + new.long().cumsum(0)
+        sink = ctx.cand.extras["sink"].clone()
+        sink[ctx.n_old:] = new & (rank <= self.sink_tokens)
+        ctx.cand.extras["sink"] = sink
+        scores = ctx.cand.index.float()
+        scores[sink] = float("inf")
         return scores
