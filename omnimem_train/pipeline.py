@@ -165,7 +165,7 @@ def base_model(pcfg: PipelineConfig, train_cfg) -> str:
 
 def tune_configs(pcfg: PipelineConfig, train_cfg, eval_cfg, section: str = "tune"):
     """-> (LoRA Config on the base model, eval Config of its merged export) for the `tune` (or
-    `control`) section."""
+    `control`) section. The export is evaluated in `<eval output_dir>/<the tuning run's folder name>`."""
     from omnimem_train.config import load_config
     from omnimem_train.eval.calibration import calibration_path
 
@@ -176,7 +176,7 @@ def tune_configs(pcfg: PipelineConfig, train_cfg, eval_cfg, section: str = "tune
                                         *calibrated, *sec.overrides])
     merged = str(Path(tune_cfg.output_dir) / "merged")
     tuned_eval = load_config(pcfg.eval.recipe, [f"eval.manifest={eval_cfg.eval.manifest}", *pcfg.eval.overrides,
-                                                f"output_dir={Path(eval_cfg.output_dir) / section}",
+                                                f"output_dir={Path(eval_cfg.output_dir) / Path(tune_cfg.output_dir).name}",
                                                 f"model_name_or_path={merged}",
                                                 f"eval.calibration_profile={profile}", *sec.eval_overrides])
     return tune_cfg, tuned_eval

@@ -1,7 +1,8 @@
 """Smoke version of the testbed pipeline (`omnimem-train pipeline`), end to end on real files:
 generate a tiny testbed, train the base model with full memory (full fine-tuning, `compression:
-none`, frozen cached towers), then evaluate full memory and two scorers at one budget, aware and
-blind. It checks the pieces fit together and that a re-run reuses what is finished, not accuracy
+none`, frozen cached towers), evaluate full memory and two scorers at one budget under the uniform,
+calibrated and blind allocations, then tune at the calibrated budget and run the full-context
+control. It checks the pieces fit together and that a re-run reuses what is finished, not accuracy
 (that needs the real-length run, docs/testbed.md)."""
 
 import io
@@ -20,11 +21,15 @@ from omnimem_train.pipeline import PipelineConfig, run_pipeline, stage_configs, 
 
 def _cfg(tmp_path, *extra):
     return load_config("recipes/testbed/pipeline_small.yaml", [
-        f"testbed.out={tmp_path / 'testbed'}", "testbed.train=4", "testbed.test=4",
+        f"testbed.out={tmp_path / 'testbed'}", "testbed.train=4", "testbed.test=4", "train_base=true",
         f"train.overrides=[output_dir={tmp_path / 'base'},max_steps=2,per_device_train_batch_size=2,save_steps=100]",
         f'eval.overrides=[output_dir={tmp_path / "eval"},"eval.scorers=[omnimem,recency]",'
-        '"eval.budget_fractions=[0.0625]","eval.modality=[aware,blind]"]',
+        '"eval.budget_fractions=[0.0625]","eval.allocations=[uniform,calibrated,blind]",eval.calibration_clips=2]',
         f"tune.overrides=[output_dir={tmp_path / 'tuned'},max_steps=2,per_device_train_batch_size=2]",
+        "control.recipe=recipes/testbed/tune_control.yaml",
+        f"control.overrides=[output_dir={tmp_path / 'control'},max_steps=2,per_device_train_batch_size=2]",
+        'control.eval_overrides=["eval.scorers=[omnimem]","eval.budget_fractions=[0.0625]",'
+        '"eval.allocations=[calibrated]"]',
         *extra], schema=PipelineConfig)
 
 
@@ -38,9 +43,11 @@ def test_generate_train_evaluate_then_reuse(tmp_path):
     assert sum(r["split"] == "train" for r in rows) == 16 and sum(r["split"] == "test" for r in rows) == 4
     # train_questions: 4 -> each training clip asked every type; rows stream clip by clip, packed
     assert len({r["video"] for r in rows if r["split"] == "train"}) == 4
-    cells = {(c["scorer"], c.get("modality")) for c in summary["cells"]}
+    cells = {(c["scorer"], c.get("allocation")) for c in summary["cells"]}
     assert any(s == "full" for s, _ in cells)
-    assert {("omnimem", "aware"), ("omnimem", "blind"), ("recency", "aware"), ("recency", "blind")} <= cells
+    assert {(s, a) for s in ("omnimem", "recency") for a in ("uniform", "calibrated", "blind")} <= cells
+    profile = tmp_path / "eval" / "calibration" / "budget_profile.json"
+    assert profile.is_file() and "paired comparisons" in out.getvalue()
     assert all(c["n"] == 4 for c in summary["cells"])
     assert (tmp_path / "eval" / "accuracy_vs_budget.png").stat().st_size > 1000
     record = json.loads((tmp_path / "eval" / "pipeline.json").read_text())
@@ -50,18 +57,27 @@ def test_generate_train_evaluate_then_reuse(tmp_path):
     assert (tmp_path / "tuned" / "adapter_model.safetensors").exists()
     export = json.loads((tmp_path / "tuned" / "merged" / "omnimem_export.json").read_text())
     assert export["method"] == "lora-merge"
+    # trained at exactly the budget and allocation it is evaluated at: 1/16, the eval stage's profile
     memory = json.loads((tmp_path / "tuned" / "merged" / "omnimem_memory.json").read_text())
-    assert (memory["scorer"], memory["compression_ratio"]) == ("omnimem", 0.9375)
-    tuned = summary["tuned"]["cells"]
-    assert [(c["scorer"], c["budget_fraction"], c["modality"]) for c in tuned if c["scorer"] != "full"] == [
-        ("omnimem", 0.0625, "aware")]
-    assert "training-free" in out.getvalue() and "tuned (exported)" in out.getvalue()
-    assert set(record["times"]) == {"testbed_s", "train_s", "eval_s", "tune_s", "total_s"}
+    assert (memory["scorer"], memory["budget_fraction"], memory["compression_ratio"]) == ("omnimem", 0.0625, None)
+    shipped = json.loads((tmp_path / "tuned" / "merged" / memory["budget_file"]).read_text())["layers"]
+    assert shipped == json.loads(profile.read_text())["layers"]
+    tuned = summary["tune"]["cells"]
+    assert [(c["scorer"], c["budget_fraction"], c["allocation"]) for c in tuned if c["scorer"] != "full"] == [
+        ("omnimem", 0.0625, "calibrated")]
+    tuned_cell = load_config(tmp_path / "eval" / "tuned" / "cells" / "omnimem-f0.0625-calibrated" / "config.yaml")
+    assert tuned_cell.memory.budget_file == str(profile)  # evaluated with the profile it was tuned with
+    control = summary["control"]["cells"]
+    assert [c["cell"] for c in control] == ["full", "omnimem-f0.0625-calibrated"]
+    assert "training-free" in out.getvalue() and "tune (exported)" in out.getvalue()
+    assert "control (exported)" in out.getvalue() and "changed answers" in out.getvalue()
+    assert set(record["times"]) == {"testbed_s", "train_s", "eval_s", "tune_s", "control_s", "total_s"}
 
     weights = (tmp_path / "base" / "model.safetensors").stat().st_mtime_ns
     out2 = io.StringIO()
     again = run_pipeline(_cfg(tmp_path), out=out2)
-    assert "base model: reusing" in out2.getvalue() and "LoRA: reusing" in out2.getvalue()
+    assert "base model: reusing" in out2.getvalue() and "tune: reusing" in out2.getvalue()
+    assert "control: reusing" in out2.getvalue()
     assert (tmp_path / "base" / "model.safetensors").stat().st_mtime_ns == weights
     assert [c["accuracy"] for c in again["cells"]] == [c["accuracy"] for c in summary["cells"]]
 
@@ -98,8 +114,31 @@ def test_stages_are_wired_to_the_generated_manifest(tmp_path):
     tune_cfg, tuned_eval = tune_configs(pcfg, train_cfg, eval_cfg)
     assert tune_cfg.model_name_or_path == train_cfg.output_dir and tune_cfg.dataset == manifest
     assert tuned_eval.model_name_or_path == str(tmp_path / "tuned" / "merged")
-    assert tuned_eval.output_dir == str(tmp_path / "eval" / "tuned")
+    assert tuned_eval.output_dir == str(tmp_path / "eval" / "tuned")  # named after the tuning run
+    assert tune_cfg.memory.budget_file == tuned_eval.eval.calibration_profile == str(
+        tmp_path / "eval" / "calibration" / "budget_profile.json")
+    control_cfg, control_eval = tune_configs(pcfg, train_cfg, eval_cfg, "control")
+    assert control_cfg.compression == "none" and control_cfg.max_steps == tune_cfg.max_steps == 2
+    assert control_eval.eval.calibration_profile == tuned_eval.eval.calibration_profile
     assert tune_cfg.generation.answer_format == tuned_eval.generation.answer_format == "completion"
+
+
+def test_shipped_base_is_used_unless_train_base(tmp_path):
+    pcfg = load_config("recipes/testbed/pipeline_small.yaml", [f"testbed.out={tmp_path / 'tb'}"],
+                       schema=PipelineConfig)
+    assert pcfg.uses_shipped_base
+    train_cfg, eval_cfg = stage_configs(pcfg)
+    assert eval_cfg.model_name_or_path == "assets/testbed-base"
+    assert tune_configs(pcfg, train_cfg, eval_cfg)[0].model_name_or_path == "assets/testbed-base"
+    retrain = load_config("recipes/testbed/pipeline_small.yaml", [f"testbed.out={tmp_path / 'tb'}", "train_base=true"],
+                          schema=PipelineConfig)
+    assert stage_configs(retrain)[1].model_name_or_path == stage_configs(retrain)[0].output_dir
+    with pytest.raises(ConfigError, match="base_model: .*not a model folder"):
+        stage_configs(load_config("recipes/testbed/pipeline_small.yaml", [f"base_model={tmp_path}"],
+                                  schema=PipelineConfig))
+    with pytest.raises(ConfigError, match="tune.calibrated: needs the eval stage's calibrated profile"):
+        stage_configs(load_config("recipes/testbed/pipeline_small.yaml",
+                                  ['eval.overrides=["eval.allocations=[uniform]"]'], schema=PipelineConfig))
 
 
 def test_bad_pipeline_input_is_one_line(tmp_path, capsys):
@@ -137,9 +176,9 @@ def test_pipeline_trains_the_curriculum_stage_then_from_it(tmp_path):
     train again (it started from the older weights)."""
     from safetensors.torch import load_file
 
-    pcfg = _with_curriculum(tmp_path, "tune.recipe=null",
+    pcfg = _with_curriculum(tmp_path, "tune.recipe=null", "control.recipe=null",
                             f'eval.overrides=[output_dir={tmp_path / "eval"},"eval.scorers=[recency]",'
-                            '"eval.budget_fractions=[0.0625]","eval.modality=[aware]"]')
+                            '"eval.budget_fractions=[0.0625]","eval.allocations=[uniform]"]')
     out = io.StringIO()
     summary = run_pipeline(pcfg, out=out)
     log = out.getvalue()
