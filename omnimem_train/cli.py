@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 
 from omnimem_train.calibrate_cmd import add_parser as add_calibrate_parser
-from omnimem_train.errors import OmniMemError
+from omnimem_train.errors import ConfigError, OmniMemError
 from omnimem_train.eval_cmd import add_parser as add_eval_parser
 from omnimem_train.export_cmd import add_parser as add_export_parser
 from omnimem_train.pipeline import add_parser as add_pipeline_parser
@@ -37,10 +37,18 @@ DEFAULT_QUESTION = "What happens in this video?"
 
 def _overrides_from_flags(args) -> list[str]:
     flags = [
-        ("model", "model_name_or_path"), ("budget", "memory.budget"), ("scorer", "memory.scorer"),
+        ("model", "model_name_or_path"), ("scorer", "memory.scorer"),
         ("group_size", "memory.group_size"), ("device", "device"), ("dtype", "dtype"),
     ]
     out = [f"{key}={getattr(args, attr)}" for attr, key in flags if getattr(args, attr) is not None]
+    # A budget flag replaces the recipe's budget size, whichever form the recipe gave it in.
+    sizes = {"budget": args.budget, "budget_fraction": args.budget_fraction}
+    given = [k for k, v in sizes.items() if v is not None]
+    if len(given) == 2:
+        raise ConfigError("--budget and --budget-fraction: give one budget size, not both")
+    if given:
+        out += [f"memory.{k}=null" for k in ("budget", "budget_fraction", "compression_ratio") if k != given[0]]
+        out.append(f"memory.{given[0]}={sizes[given[0]]}")
     return out + (["trust_remote_code=true"] if args.trust_remote_code else [])
 
 
@@ -141,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--question", default=DEFAULT_QUESTION)
     p.add_argument("--options", nargs="+", help="multiple-choice options, scored by log-likelihood")
     p.add_argument("--budget", type=int, help="retained audio+visual tokens per layer (memory.budget)")
+    p.add_argument("--budget-fraction", type=float,
+                   help="per-layer budget as a fraction of the stream's own audio+visual tokens, e.g. 0.0625 "
+                        "(memory.budget_fraction)")
     p.add_argument("--scorer", help="memory method: full or a scorer name (memory.scorer)")
     p.add_argument("--group-size", type=int, help="tokens per streaming group (memory.group_size)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")

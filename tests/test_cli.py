@@ -37,6 +37,22 @@ def test_infer_answers_and_reports_memory(clip, tmp_path, capsys):
     assert "budget: 40" in (run / "config.yaml").read_text()
 
 
+def test_infer_budget_fraction_is_the_streams_own_fraction(clip, tmp_path, capsys):
+    """--budget-fraction replaces the recipe's budget (memory.budget 256) by f x the stream's exact
+    audio+visual tokens (text, always kept, is what the report holds beyond them)."""
+    code, out, err = _run(["infer", "recipes/infer/tiny_omni.yaml", "--video", clip, "--budget-fraction", "0.125",
+                           "--scorer", "recency", "memory.sink_tokens=0", "memory.modality_aware=false",
+                           f"output_dir={tmp_path}", "generation.max_new_tokens=2"], capsys)
+    assert code == 0, err
+    memory = json.loads((tmp_path / "infer_result.json").read_text())["memory"]
+    media_seen = memory["tokens_seen"] - memory["layers"][0]["text"]
+    want = int(0.125 * media_seen + 0.5)
+    assert want < media_seen and all(layer["visual"] + layer["audio"] == want for layer in memory["layers"])
+    code, _, err = _run(["infer", "recipes/infer/tiny_omni.yaml", "--video", clip, "--budget", "8",
+                         "--budget-fraction", "0.1"], capsys)
+    assert code == 2 and err.strip() == "error: --budget and --budget-fraction: give one budget size, not both"
+
+
 def test_infer_scores_options_with_recipe(clip, tmp_path, capsys):
     code, out, err = _run(["infer", "recipes/infer/tiny_omni.yaml", "--video", clip, "--options", "red", "green",
                            "blue", "yellow", f"output_dir={tmp_path}"], capsys)
