@@ -1,10 +1,12 @@
 """`omnimem-train eval RECIPE.yaml [--model DIR] [key=value ...]`: accuracy under memory budgets.
 
-Runs the grid eval.scorers x (eval.budgets, eval.budget_fractions) x eval.modality (aware/blind)
+Runs the grid eval.scorers x (eval.budgets, eval.budget_fractions) x eval.allocations (uniform,
+calibrated, blind: equal memory; the calibrated profile is measured on the manifest's train clips)
 over the multiple-choice samples of eval.manifest (split eval.split; the first ceil(eval.fraction
 x N) of them), plus full memory as the upper bound, loading the model once. Writes per cell
 <output_dir>/cells/<cell>/{predictions.jsonl, metrics.json, config.yaml}, and at the top
-summary.json, accuracy_vs_budget.png and config.yaml (layout: omnimem_train/eval/grid.py).
+summary.json and summary.md (with the paired comparisons of the method against every other cell),
+accuracy_vs_budget.png and config.yaml (layout: omnimem_train/eval/grid.py).
 Re-running skips finished cells. The model is any model_name_or_path: builtin:<name>, a
 checkpoint or an exported model directory; the memory settings saved next to it
 (omnimem_memory.json) apply below the recipe, except the scorer and budget each cell sets.
@@ -34,8 +36,9 @@ def cmd_eval(args) -> int:
 
 def add_parser(sub) -> None:
     """Register `eval` on the `omnimem-train` subparsers."""
-    p = sub.add_parser("eval", help="accuracy of scorers x budgets x modality-aware/blind memory (plus full "
-                                    "memory) over a manifest; per-cell predictions, metrics and a plot")
+    p = sub.add_parser("eval", help="accuracy of scorers x budgets x allocations (uniform / calibrated / blind, plus "
+                                    "full memory) over a manifest; per-cell predictions, metrics, paired "
+                                    "comparisons and a plot")
     p.add_argument("recipe", nargs="?", help="recipe YAML (e.g. recipes/eval/tiny_omni.yaml)")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. eval.fraction=0.1)")
     p.add_argument("--model", help="model directory or builtin:<name> (sets model_name_or_path)")

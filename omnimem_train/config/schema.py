@@ -351,7 +351,7 @@ class Config:
     )
     eval: EvalConfig = field(
         default_factory=EvalConfig,
-        metadata={"help": "evaluation grid (`omnimem-train eval`): scorers x budgets x modality-aware/blind"},
+        metadata={"help": "evaluation grid (`omnimem-train eval`): scorers x budgets x allocations"},
     )
     # --- training (`omnimem-train train`; LLaMA-Factory key names) ---------------------------
     dataset: str | None = field(default=None, metadata={"help": "training manifest (JSONL, see omnimem_train/data)"})
