@@ -253,6 +253,12 @@ class EvalConfig:
         metadata={"help": "memory methods of the grid (checked against the registry at run start); "
                           "the full-memory upper bound is always evaluated as well"},
     )
+    per_head_scorers: list[str] = field(
+        default_factory=list,
+        metadata={"help": "scorers also evaluated per KV head (memory.per_head: each KV head keeps its own top "
+                          "tokens, as their references select): cells <scorer>.per_head-<budget>-<allocation>; "
+                          "snapkv, h2o, key_norm, keydiff, value_norm"},
+    )
     budgets: list[int] = field(
         default_factory=lambda: [128, 256, 512, 1024],
         metadata={"help": "absolute budgets of the grid: audio+visual tokens retained per layer (memory.budget)"},
@@ -297,6 +303,9 @@ class EvalConfig:
         _choice(self, "split", EVAL_SPLITS)
         ok = isinstance(self.scorers, list) and all(isinstance(s, str) and s.strip() for s in self.scorers)
         _require(ok, "scorers", self.scorers, "a list of scorer names")
+        ok = isinstance(self.per_head_scorers, list) and all(isinstance(x, str) and x.strip()
+                                                             for x in self.per_head_scorers)
+        _require(ok, "per_head_scorers", self.per_head_scorers, "a list of scorer names")
         ok = isinstance(self.budgets, list) and all(
             isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in self.budgets)
         _require(ok, "budgets", self.budgets, "a list of ints >= 1")
@@ -310,7 +319,7 @@ class EvalConfig:
         _require(self.calibration_profile is None or (isinstance(self.calibration_profile, str)
                  and self.calibration_profile.strip() != ""), "calibration_profile", self.calibration_profile,
                  "a budget JSON path or null")
-        grid = [s for s in self.scorers if s != "full"]
+        grid = [s for s in self.scorers if s != "full"] + list(self.per_head_scorers)
         _require(not grid or bool(self.budgets or self.budget_fractions), "budgets", self.budgets,
                  "at least one budget (or budget_fractions) for the scorers", related=("budget_fractions",))
         _require(not grid or bool(self.allocations), "allocations", self.allocations,

@@ -68,10 +68,16 @@ class Cell:
     budget: int | None = None
     budget_fraction: float | None = None
     allocation: str | None = None  # "uniform" | "calibrated" | "blind"
+    per_head: bool = False  # memory.per_head: every KV head its own top tokens
 
     @property
     def is_full(self) -> bool:
         return self.scorer == "full"
+
+    @property
+    def method(self) -> str:
+        """The scorer as the tables name it: `snapkv`, or `snapkv.per_head` for the per-head variant."""
+        return f"{self.scorer}.per_head" if self.per_head else self.scorer
 
     @property
     def budget_label(self) -> str:
@@ -81,11 +87,11 @@ class Cell:
 
     @property
     def name(self) -> str:
-        return "full" if self.is_full else f"{self.scorer}-{self.budget_label}-{self.allocation}"
+        return "full" if self.is_full else f"{self.method}-{self.budget_label}-{self.allocation}"
 
     def identity(self) -> dict:
-        return {"cell": self.name, "scorer": self.scorer, "budget": self.budget,
-                "budget_fraction": self.budget_fraction, "allocation": self.allocation}
+        return {"cell": self.name, "scorer": self.method, "budget": self.budget,
+                "budget_fraction": self.budget_fraction, "allocation": self.allocation, "per_head": self.per_head}
 
 
 def _unique(items):
@@ -96,21 +102,27 @@ def grid_cells(ecfg) -> list[Cell]:
     """`EvalConfig` -> the cells, full memory first, then scorer x (budgets, fractions) x allocation
     (no calibrated frame_drop: it has no per-layer memory to allocate)."""
     cells = [Cell("full")]
-    for scorer in _unique(s for s in ecfg.scorers if s != "full"):
+    sizes = [{"budget": b} for b in _unique(ecfg.budgets)]
+    sizes += [{"budget_fraction": f} for f in _unique(float(f) for f in ecfg.budget_fractions)]
+    variants = [(s, False) for s in _unique(ecfg.scorers) if s != "full"]
+    variants += [(s, True) for s in _unique(ecfg.per_head_scorers)]
+    for scorer, per_head in variants:
         allocations = [a for a in _unique(ecfg.allocations) if not (scorer == "frame_drop" and a == "calibrated")]
-        sizes = [{"budget": b} for b in _unique(ecfg.budgets)]
-        sizes += [{"budget_fraction": f} for f in _unique(float(f) for f in ecfg.budget_fractions)]
-        cells += [Cell(scorer, allocation=a, **size) for size in sizes for a in allocations]
+        cells += [Cell(scorer, allocation=a, per_head=per_head, **size) for size in sizes for a in allocations]
     return cells
 
 
-def check_scorers(names: list[str]) -> None:
+def check_scorers(names: list[str], per_head: bool = False) -> None:
+    """Every name is a known method (and, for `eval.per_head_scorers`, one with a per-head variant)."""
     from omnimem_train.memory.registry import known_methods
+    from omnimem_train.memory.scorers.base import per_head_scorers
 
-    known = known_methods()
+    key = "eval.per_head_scorers" if per_head else "eval.scorers"
+    known = per_head_scorers() if per_head else known_methods()
     for name in names:
         if name not in known:
-            raise ConfigError(f"eval.scorers: unknown scorer {name!r}; known: {', '.join(known)}")
+            raise ConfigError(f"{key}: {'no per-head variant of' if per_head else 'unknown'} scorer {name!r}; "
+                              f"known: {', '.join(known)}")
 
 
 def select_samples(ecfg, err: TextIO = sys.stderr) -> list:
@@ -142,9 +154,10 @@ def cell_config(cfg, cell: Cell):
     profile = str(calibration_path(cfg)) if cell.allocation == "calibrated" else None
     mem = dataclasses.replace(cfg.memory, scorer=cell.scorer, budget=cell.budget,
                               budget_fraction=cell.budget_fraction, budget_file=profile, compression_ratio=None,
-                              modality_aware=cell.allocation != "blind")
+                              modality_aware=cell.allocation != "blind", per_head=cell.per_head)
     ev = dataclasses.replace(
-        cfg.eval, scorers=[] if cell.is_full else [cell.scorer],
+        cfg.eval, scorers=[] if cell.is_full or cell.per_head else [cell.scorer],
+        per_head_scorers=[cell.scorer] if cell.per_head else [],
         budgets=[] if cell.budget is None else [cell.budget],
         budget_fractions=[] if cell.budget_fraction is None else [cell.budget_fraction],
         allocations=[] if cell.allocation is None else [cell.allocation])
@@ -356,6 +369,7 @@ def run_eval(cfg, out: TextIO | None = None, err: TextIO | None = None) -> dict:
     out = out or sys.stdout
     err = err or sys.stderr
     check_scorers(cfg.eval.scorers)
+    check_scorers(cfg.eval.per_head_scorers, per_head=True)
     samples = select_samples(cfg.eval, err)
     cells = grid_cells(cfg.eval)
     if any(c.allocation == "calibrated" for c in cells) and cfg.eval.calibration_profile is None:

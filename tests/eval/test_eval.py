@@ -194,6 +194,7 @@ def test_fraction_evaluates_the_first_samples(manifest, tmp_path):
         (["eval.split=val"], "has no samples of split 'val' (it has: test)"),
         (["eval.fraction=0"], "key 'eval.fraction': expected a fraction in (0, 1], got 0"),
         (["eval.allocations=[uniform,deaf]"], "key 'eval.allocations': expected a list of uniform | calibrated | blind"),
+        (["eval.per_head_scorers=[omnimem]"], "error: eval.per_head_scorers: no per-head variant of scorer 'omnimem'"),
     ],
 )
 def test_bad_input_is_one_line_error(overrides, expected, manifest, tmp_path):

@@ -132,3 +132,16 @@ def test_recipe_loads():
     cfg = load_config("recipes/eval/tiny_omni.yaml")
     assert cfg.model_name_or_path == "builtin:tiny-omni" and len(cfg.eval.scorers) == 2
     assert cfg.eval.manifest.endswith("tiny_qa/manifest.jsonl") and cfg.eval.split == "test"
+
+
+def test_per_head_cells_are_named_apart_and_set_memory_per_head():
+    ecfg = EvalConfig(scorers=["snapkv"], per_head_scorers=["snapkv"], budgets=[], budget_fractions=[0.0625],
+                      allocations=["calibrated"])
+    cells = grid_cells(ecfg)
+    assert [c.name for c in cells] == ["full", "snapkv-f0.0625-calibrated", "snapkv.per_head-f0.0625-calibrated"]
+    cfg = Config(eval=ecfg)
+    shared, per_head = (cell_config(cfg, c) for c in cells[1:])
+    assert (shared.memory.scorer, shared.memory.per_head) == ("snapkv", False)
+    assert (per_head.memory.scorer, per_head.memory.per_head) == ("snapkv", True)
+    assert (per_head.eval.scorers, per_head.eval.per_head_scorers) == ([], ["snapkv"])
+    assert cells[2].identity()["scorer"] == "snapkv.per_head"  # tables and comparisons keep them apart
