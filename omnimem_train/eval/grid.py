@@ -41,8 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-import yaml
-
 from omnimem_train.errors import ConfigError, MediaError
 from omnimem_train.eval.calibration import calibrate_profile, calibration_inputs, calibration_path
 from omnimem_train.eval.metrics import compute_metrics
@@ -180,14 +178,14 @@ def _json(obj) -> str:
 
 
 def _same_config(cfg, run_dir: Path, ignore_output_dir: bool = True) -> bool:
-    """Whether run_dir/config.yaml holds `cfg` (by default output_dir aside: a moved folder stays finished)."""
-    from omnimem_train.config import CONFIG_FILENAME, config_to_dict
+    """Whether run_dir/config.yaml holds `cfg` (by default output_dir aside: a moved folder stays finished).
+    The saved file is read as a config, so a key added to the schema since, at its default, is the
+    setting the cell ran with."""
+    from omnimem_train.config import CONFIG_FILENAME, config_to_dict, load_config
 
     try:
-        saved = yaml.safe_load((run_dir / CONFIG_FILENAME).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return False
-    if not isinstance(saved, dict):
+        saved = config_to_dict(load_config(run_dir / CONFIG_FILENAME, schema=type(cfg)))
+    except Exception:  # unreadable, or no longer a valid config: run again
         return False
     new = config_to_dict(cfg)
     if ignore_output_dir:
