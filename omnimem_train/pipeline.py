@@ -328,8 +328,10 @@ def format_side_by_side(free: list[dict], tuned: list[dict], label: str = "tuned
 
     key = lambda c: (c["scorer"], budget_str(c), c.get("allocation"))  # noqa: E731
     before = {key(c): c for c in free}
-    lines = [f"{'scorer':<12} {'budget':>8} {'allocation':<10} {'training-free':<22} {label + ' (exported)':<22} "
-             f"{'paired diff [95% CI]':<26} changed answers", "-" * 112]
+    w = max([12, *(len(c["scorer"]) for c in tuned)])
+    head = (f"{'scorer':<{w}} {'budget':>8} {'allocation':<10} {'training-free':<22} {label + ' (exported)':<22} "
+            f"{'paired diff [95% CI]':<26} changed answers")
+    lines = [head, "-" * len(head)]
     unchanged = []
     for c in tuned:
         if key(c) not in before:
@@ -344,7 +346,7 @@ def format_side_by_side(free: list[dict], tuned: list[dict], label: str = "tuned
             changed = f"{choices} of {r.n}"
             if choices == 0:
                 unchanged.append(c["cell"])
-        lines.append(f"{c['scorer']:<12} {budget_str(c):>8} {c.get('allocation') or '-':<10} "
+        lines.append(f"{c['scorer']:<{w}} {budget_str(c):>8} {c.get('allocation') or '-':<10} "
                      f"{accuracy_str(b):<22} {accuracy_str(c):<22} {paired:<26} {changed}")
     if unchanged:
         lines.append(f"note: {label} changed no answer in {', '.join(unchanged)}: every clip's best option is the "

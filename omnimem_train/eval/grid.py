@@ -295,11 +295,12 @@ def _fmt_bytes(n: float) -> str:
 def format_table(rows: list[dict]) -> str:
     """scorer | budget | allocation | accuracy [95% CI] | n | KV MiB | state MiB | samples/s, one line
     per cell (state: everything the method keeps, KV plus hidden states or running attention)."""
-    head = (f"{'scorer':<12} {'budget':>8} {'allocation':<10} {'accuracy [95% CI]':<22} {'n':>5} {'KV MiB':>8} "
+    w = max([12, *(len(r["scorer"]) for r in rows)])
+    head = (f"{'scorer':<{w}} {'budget':>8} {'allocation':<10} {'accuracy [95% CI]':<22} {'n':>5} {'KV MiB':>8} "
             f"{'state MiB':>9} {'samples/s':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['scorer']:<12} {budget_str(r):>8} {r.get('allocation') or '-':<10} {accuracy_str(r):<22} "
+        lines.append(f"{r['scorer']:<{w}} {budget_str(r):>8} {r.get('allocation') or '-':<10} {accuracy_str(r):<22} "
                      f"{r['n']:>5} {_fmt_bytes(r['kv_bytes_mean']):>8} {_fmt_bytes(r['total_bytes_mean']):>9} "
                      f"{r['samples_per_s']:>9.2f}")
     return "\n".join(lines)
