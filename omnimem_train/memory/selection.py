@@ -12,17 +12,22 @@ from omnimem_train.memory.budgets import Limits
 from omnimem_train.models.base import Modality
 
 
+def _competitions(modality: torch.Tensor, limits: Limits) -> tuple[torch.Tensor, list]:
+    """-> (text mask: always kept, [(mask of the tokens that compete, how many may stay), ...]):
+    audio and visual apart under aware limits, all media together under a pooled one. Any shape."""
+    text = modality == int(Modality.TEXT)
+    if limits.pooled is not None:
+        return text, [(~text, limits.pooled)]
+    return text, [(modality == int(Modality.AUDIO), limits.audio), (modality == int(Modality.VISUAL), limits.visual)]
+
+
 def select(scores: torch.Tensor, modality: torch.Tensor, limits: Limits) -> torch.Tensor | None:
     """scores (n,), modality (n,) -> ascending indices to keep, or None when everything fits.
 
     Among audio tokens keep the `limits.audio` best, among visual the `limits.visual` best (or the
     `limits.pooled` best of both together); all text. One index set, shared by all heads.
     """
-    keep = modality == int(Modality.TEXT)
-    if limits.pooled is not None:
-        groups = [(~keep, limits.pooled)]
-    else:
-        groups = [(modality == int(Modality.AUDIO), limits.audio), (modality == int(Modality.VISUAL), limits.visual)]
+    keep, groups = _competitions(modality, limits)
     for mask, k in groups:
         idx = mask.nonzero().squeeze(1)
         if k is None or idx.numel() <= k:
@@ -43,11 +48,7 @@ def select_per_head(scores: torch.Tensor, modality: torch.Tensor, limits: Limits
     count and the result is rectangular.
     """
     g = scores.shape[0]
-    keep = modality == int(Modality.TEXT)
-    if limits.pooled is not None:
-        groups = [(~keep, limits.pooled)]
-    else:
-        groups = [(modality == int(Modality.AUDIO), limits.audio), (modality == int(Modality.VISUAL), limits.visual)]
+    keep, groups = _competitions(modality, limits)
     for mask, k in groups:
         per_head = mask.sum(1)
         c = int(per_head[0])
