@@ -200,3 +200,27 @@ def test_pipeline_trains_the_curriculum_stage_then_from_it(tmp_path):
     third = io.StringIO()
     run_pipeline(pcfg, out=third)
     assert "curriculum stage: reusing" in third.getvalue() and "base model: training" in third.getvalue()
+
+
+def test_side_by_side_pairs_the_clips_and_says_why_when_nothing_changed():
+    from omnimem_train.pipeline import format_side_by_side
+
+    def cell(name, correct):
+        scorer = name.split("-")[0]
+        row = {"cell": name, "scorer": scorer, "budget": None, "budget_fraction": None if scorer == "full" else 0.0625,
+               "allocation": None if scorer == "full" else "calibrated", "accuracy": sum(correct) / len(correct),
+               "ci": [0.0, 1.0]}
+        preds = [{"id": f"c{i}", "choice": "A" if ok else "B", "correct": ok} for i, ok in enumerate(correct)]
+        return row, preds
+
+    name = "omnimem-f0.0625-calibrated"
+    before = [cell("full", [True] * 8), cell(name, [True, False] * 4)]
+    same = [cell("full", [True] * 8), cell(name, [True, False] * 4)]
+    text = format_side_by_side([r for r, _ in before], [r for r, _ in same], "tune",
+                               {r["cell"]: p for r, p in before}, {r["cell"]: p for r, p in same})
+    assert "0 of 8" in text and f"note: tune changed no answer in full, {name}" in text
+    better = [cell("full", [True] * 8), cell(name, [True] * 8)]
+    text = format_side_by_side([r for r, _ in before], [r for r, _ in better], "tune",
+                               {r["cell"]: p for r, p in before}, {r["cell"]: p for r, p in better})
+    row = next(line for line in text.splitlines() if line.startswith("omnimem"))
+    assert "+0.500" in row and "4 of 8" in row and f"changed no answer in full, {name}" not in text
