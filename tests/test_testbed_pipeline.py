@@ -24,7 +24,8 @@ def _cfg(tmp_path, *extra):
         f"testbed.out={tmp_path / 'testbed'}", "testbed.train=4", "testbed.test=4", "train_base=true",
         f"train.overrides=[output_dir={tmp_path / 'base'},max_steps=2,per_device_train_batch_size=2,save_steps=100]",
         f'eval.overrides=[output_dir={tmp_path / "eval"},"eval.scorers=[omnimem,recency]",'
-        '"eval.budget_fractions=[0.0625]","eval.allocations=[uniform,calibrated,blind]",eval.calibration_clips=2]',
+        '"eval.per_head_scorers=[]","eval.budget_fractions=[0.0625]","eval.allocations=[uniform,calibrated,blind]",'
+        'eval.calibration_clips=2]',
         f"tune.overrides=[output_dir={tmp_path / 'tuned'},max_steps=2,per_device_train_batch_size=2]",
         "control.recipe=recipes/testbed/tune_control.yaml",
         f"control.overrides=[output_dir={tmp_path / 'control'},max_steps=2,per_device_train_batch_size=2]",

@@ -50,7 +50,7 @@ def test_answers_unseen_test_clips_with_full_memory(test_clips, tmp_path):
 
     cfg = load_config("recipes/eval/testbed.yaml", [
         f"model_name_or_path={BASE}", f"eval.manifest={test_clips}", f"output_dir={tmp_path}", "device=cpu",
-        "eval.scorers=[]", "eval.budget_fractions=[]"])
+        "eval.scorers=[]", "eval.per_head_scorers=[]", "eval.budget_fractions=[]"])
     full = run_eval(cfg)["cells"][0]
     assert full["cell"] == "full" and full["n"] == 8
     assert full["correct"] >= 7  # chance is 2 of 8
