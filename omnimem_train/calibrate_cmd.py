@@ -92,7 +92,7 @@ def run_calibration(adapter, cfg, inputs: list[str], output: Path, total: int, e
     used = []
     for k, path in enumerate(inputs):
         one = CalibrationCollector(n_layers, cfg.memory.query_block)  # merged only if the whole stream reads
-        engine = StreamingEngine(adapter, one, cfg.memory.group_size, cfg.memory.group_seconds)
+        engine = StreamingEngine.from_config(adapter, cfg.memory, policy=one)
         try:
             media, _ = media_input(adapter, cfg.media, **_media_args(path))
             with torch.no_grad():

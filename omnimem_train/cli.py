@@ -67,7 +67,6 @@ def cmd_infer(args) -> int:
     from tqdm import tqdm
 
     from omnimem_train.config import load_serving_config, save_config
-    from omnimem_train.memory.registry import build_policy
     from omnimem_train.models.load import load_adapter
     from omnimem_train.streaming.engine import StreamingEngine
     from omnimem_train.streaming.infer import answer_question
@@ -85,10 +84,10 @@ def cmd_infer(args) -> int:
     torch.manual_seed(cfg.seed)
     adapter = load_adapter(cfg.model_name_or_path, cfg.dtype, cfg.device, cfg.attn_implementation,
                            cfg.trust_remote_code)
-    policy = build_policy(cfg.memory, len(adapter.decoder_layers))
+    engine = StreamingEngine.from_config(adapter, cfg.memory)
+    policy = engine.policy
     media, est_tokens = media_input(adapter, cfg.media, video, audio, context)
     save_config(cfg, run_dir)
-    engine = StreamingEngine(adapter, policy, cfg.memory.group_size, cfg.memory.group_seconds)
     print(f"Q: {args.question}" + "".join(f"\n   {chr(65 + i)}. {o}" for i, o in enumerate(args.options or [])),
           flush=True)
     bar = tqdm(total=est_tokens, unit="tok", desc=f"streaming ({policy.describe()})", file=sys.stderr,

@@ -244,7 +244,6 @@ def run_cell(adapter, cfg, cell: Cell, samples: list, err: TextIO = sys.stderr, 
     from tqdm import tqdm
 
     from omnimem_train.config import save_config
-    from omnimem_train.memory.registry import build_policy
     from omnimem_train.streaming.engine import StreamingEngine
     from omnimem_train.streaming.infer import answer_question
     from omnimem_train.streaming.inputs import media_input
@@ -254,15 +253,14 @@ def run_cell(adapter, cfg, cell: Cell, samples: list, err: TextIO = sys.stderr, 
     inputs = input_files(cfg, cell)  # as read now: a model rewritten during the run leaves the cell unfinished
     (out / METRICS).unlink(missing_ok=True)  # an interrupted re-run must not look finished
     save_config(ccfg, out)
-    n_layers = len(adapter.decoder_layers)
     torch.manual_seed(cfg.seed)  # each cell alike, whichever cells ran before it
     records = []
     for s in tqdm(samples, desc=cell.name, unit="sample", file=err, dynamic_ncols=True, leave=False):
         t0 = time.perf_counter()
         try:
             media, est = media_input(adapter, cfg.media, video=s.video, audio=s.audio)
-            policy = build_policy(ccfg.memory, n_layers)  # per sample: a budget_fraction resolves per stream
-            engine = StreamingEngine(adapter, policy, ccfg.memory.group_size, ccfg.memory.group_seconds)
+            engine = StreamingEngine.from_config(adapter, ccfg.memory)  # per sample: fresh policy state
+            policy = engine.policy
             with torch.no_grad():
                 result = answer_question(engine, media, s.question, s.options, cfg.generation.system_prompt,
                                          cfg.generation.max_new_tokens,

@@ -77,6 +77,15 @@ class StreamingEngine:
         self.adapter, self.policy = adapter, policy
         self.group_size, self.group_seconds = group_size, group_seconds
 
+    @classmethod
+    def from_config(cls, adapter: ModelAdapter, memory, policy: MemoryPolicy | None = None) -> StreamingEngine:
+        """The engine a `MemoryConfig` describes: its memory policy (`memory.registry.build_policy`,
+        unless `policy` is given) and its grouping. The one set-up of infer, eval, calibrate and train."""
+        from omnimem_train.memory.registry import build_policy
+
+        policy = policy if policy is not None else build_policy(memory, len(adapter.decoder_layers))
+        return cls(adapter, policy, memory.group_size, memory.group_seconds)
+
     def new_state(self) -> StreamState:
         return StreamState(layers=[None] * len(self.adapter.decoder_layers))
 

@@ -66,7 +66,6 @@ def _training_args(cfg, hidden_size: int):
 def build_objective(cfg):
     """(objective module, adapter): the model to train wrapped with its streaming engine."""
     from omnimem_train.memory.policies.full import FullMemory
-    from omnimem_train.memory.registry import build_policy
     from omnimem_train.models.load import load_adapter
     from omnimem_train.streaming.engine import StreamingEngine
     from omnimem_train.train.encoder_cache import EncoderCache
@@ -79,8 +78,7 @@ def build_objective(cfg):
     if cfg.compression == "none":  # plain full-context training: one group, nothing evicted
         engine = StreamingEngine(adapter, FullMemory(), group_size=1 << 30)
     else:
-        engine = StreamingEngine(adapter, build_policy(cfg.memory, len(adapter.decoder_layers)),
-                                 cfg.memory.group_size, cfg.memory.group_seconds)
+        engine = StreamingEngine.from_config(adapter, cfg.memory)
     cache = EncoderCache(adapter, train_audio=cfg.train_encoders == "audio") if cfg.cache_encoder_outputs else None
     objective = StreamingObjective(inner, adapter, engine, cfg.media, cfg.generation.system_prompt,
                                    checkpoint=cfg.gradient_checkpointing, train_encoders=cfg.train_encoders,
