@@ -16,7 +16,7 @@ LETTERS = "ABCDEFGHIJ"
 #                         instruction): the cloze formulation of lm-eval-harness / OLMES. The answer
 #                         follows the stream 16-31 tokens later instead of 47-75 on the testbed, and
 #                         the prompt's length no longer depends on the options (on the testbed this
-#                         did not make the temporal questions learnable: docs/testbed.md).
+#                         did not make the temporal questions learnable).
 #   completion: "green" -- plain text, no chat template: the system line, the stream, then the
 #                         question as a cloze stem (its closing "?" dropped) that the answer continues
 #                         directly, so the answer is predicted AT the question's last word. For
