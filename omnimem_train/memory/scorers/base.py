@@ -1,8 +1,11 @@
-"""The scorer interface and registry: one small class per method, one `score` per layer."""
+"""The scorer interface and registry: one small dataclass per method (its fields are its
+hyper-parameters, as a kvpress press), one `score` per layer."""
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
 
@@ -12,6 +15,7 @@ from omnimem_train.memory.context import LayerContext
 _SCORERS: dict[str, type[Scorer]] = {}
 
 
+@dataclasses.dataclass
 class Scorer(ABC):
     """Scores the candidates [memory ; group] of one layer: higher = more worth keeping.
 
@@ -23,16 +27,22 @@ class Scorer(ABC):
     `memory.per_head` its `per_head` is set and `score` returns one row of scores per KV head. The
     candidates are then in the per-head layout (`LayerMemory.by_head`): slot i of head g is head g's
     own token, and per-token extras are (G, n, ...).
+
+    A subclass is a dataclass whose init fields are its hyper-parameters; `from_config` fills each
+    from the `MemoryConfig` field of the same name (a field the config lacks keeps its default).
     """
 
-    name: str = "base"
-    supports_per_head: bool = False  # has a per-KV-head score (memory.per_head may be set)
-    per_head: bool = False  # score per KV head: (G, n) instead of (n,)
+    name: ClassVar[str] = "base"
+    supports_per_head: ClassVar[bool] = False  # has a per-KV-head score (memory.per_head may be set)
+    per_head: bool = dataclasses.field(default=False, kw_only=True)  # score per KV head: (G, n), not (n,)
 
     @classmethod
     def from_config(cls, cfg) -> Scorer:
-        """Build from a `MemoryConfig` (only the fields the method uses)."""
-        return cls()
+        """Build from a `MemoryConfig`: the method's fields of the same name, and `per_head` (the
+        registry has refused it for scorers without a per-head score)."""
+        params = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)
+                  if f.init and f.name != "per_head" and hasattr(cfg, f.name)}
+        return cls(**params, per_head=bool(cfg.per_head))
 
     def new_token_extras(self, hidden_new: torch.Tensor) -> dict[str, torch.Tensor]:
         """hidden_new (n_new, D) -> per-token state to store for the new tokens."""
@@ -73,7 +83,4 @@ def build_scorer(name: str, cfg) -> Scorer:
     names = scorer_names()
     if name not in _SCORERS:
         raise ConfigError(f"memory.scorer: unknown scorer {name!r}; known: {', '.join(names)}")
-    scorer = _SCORERS[name].from_config(cfg)
-    if cfg.per_head:  # the registry has refused per_head for scorers without a per-head score
-        scorer.per_head = True
-    return scorer
+    return _SCORERS[name].from_config(cfg)

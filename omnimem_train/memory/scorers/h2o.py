@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from omnimem_train.memory.attention import attention_mass, attention_mass_per_head
@@ -9,6 +11,7 @@ from omnimem_train.memory.scorers.base import Scorer, register_scorer
 
 
 @register_scorer("h2o")
+@dataclasses.dataclass
 class H2OScorer(Scorer):
     """Heavy hitters: attention accumulated over every group a token has seen (kept with the token).
 
@@ -19,12 +22,8 @@ class H2OScorer(Scorer):
 
     supports_per_head = True
 
-    def __init__(self, query_block: int = 256):
-        self.query_block = query_block
+    query_block: int = 256  # queries per block when computing attention mass
 
-    @classmethod
-    def from_config(cls, cfg):
-        return cls(cfg.query_block)
 
     def new_token_extras(self, hidden_new):
         # Per token, also per head: appended to a per-head memory it is every head's zero start.

@@ -3,10 +3,13 @@ or per KV head with memory.per_head, as KnormPress selects)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from omnimem_train.memory.scorers.base import Scorer, register_scorer
 
 
 @register_scorer("key_norm")
+@dataclasses.dataclass
 class KeyNormScorer(Scorer):
     """KnormPress: low key norm ≈ high attention, so keep the smallest norms (mean over KV heads)."""
 

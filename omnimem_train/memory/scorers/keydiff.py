@@ -3,12 +3,15 @@ L2-normalised candidate keys (low cosine to it), averaged over KV heads."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from omnimem_train.memory.scorers.base import Scorer, register_scorer
 
 
 @register_scorer("keydiff")
+@dataclasses.dataclass
 class KeyDiffScorer(Scorer):
     """KeyDiff: keep keys far from the mean normalised key (low cosine to the anchor), averaged over KV
     heads (or per KV head with memory.per_head, each head against the mean of its own candidates)."""

@@ -9,6 +9,8 @@ a_i ← (a_i + a_prev)/2. λ = 0 skips attention entirely (the novelty criterion
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from omnimem_train.memory.attention import attention_mass
@@ -28,13 +30,10 @@ def perturbation(hidden: torch.Tensor) -> torch.Tensor:
 
 
 @register_scorer("omnimem")
+@dataclasses.dataclass
 class OmniMemScorer(Scorer):
-    def __init__(self, lam: float = 0.02, query_block: int = 256):
-        self.lam, self.query_block = lam, query_block
-
-    @classmethod
-    def from_config(cls, cfg):
-        return cls(cfg.lam, cfg.query_block)
+    lam: float = 0.02  # λ: the attention exponent (0 = novelty only)
+    query_block: int = 256  # queries per block when computing attention mass
 
     def new_token_extras(self, hidden_new):
         extras = {"hidden": hidden_new.detach()}
@@ -57,15 +56,11 @@ class OmniMemScorer(Scorer):
 
 
 @register_scorer("novelty")
+@dataclasses.dataclass
 class NoveltyScorer(OmniMemScorer):
     """Adjacent-similarity novelty only (λ = 0; video-SALMONN's S criterion): no attention needed."""
 
-    def __init__(self, query_block: int = 256):
-        super().__init__(0.0, query_block)
-
-    @classmethod
-    def from_config(cls, cfg):
-        return cls(cfg.query_block)
+    lam: float = dataclasses.field(default=0.0, init=False)  # λ = 0 by definition
 
     def describe(self):
         return "novelty"

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from omnimem_train.memory.scorers.base import Scorer, register_scorer
 
 
 @register_scorer("random")
+@dataclasses.dataclass
 class RandomScorer(Scorer):
     """Random eviction (seeded, so runs are reproducible)."""
 
-    def __init__(self, seed: int = 0):
-        self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)
+    seed: int = 0
+    generator: torch.Generator = dataclasses.field(init=False, repr=False, compare=False)
 
-    @classmethod
-    def from_config(cls, cfg):
-        return cls(cfg.seed)
+    def __post_init__(self):
+        self.generator = torch.Generator().manual_seed(self.seed)
+
 
     def score(self, ctx):
         return torch.rand(ctx.cand.n, generator=self.generator).to(ctx.cand.keys.device)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from omnimem_train.memory.scorers.base import Scorer, register_scorer
@@ -9,15 +11,12 @@ from omnimem_train.models.base import Modality
 
 
 @register_scorer("recency")
+@dataclasses.dataclass
 class RecencyScorer(Scorer):
     """StreamingLLM: the first `sink_tokens` audio/visual tokens plus the most recent ones."""
 
-    def __init__(self, sink_tokens: int = 4):
-        self.sink_tokens = sink_tokens
+    sink_tokens: int = 4  # the stream's first media tokens, always kept
 
-    @classmethod
-    def from_config(cls, cfg):
-        return cls(cfg.sink_tokens)
 
     def new_token_extras(self, hidden_new):
         return {"sink": torch.zeros(hidden_new.shape[0], dtype=torch.bool, device=hidden_new.device)}

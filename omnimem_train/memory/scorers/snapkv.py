@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from omnimem_train.memory.attention import window_attention
@@ -9,6 +11,7 @@ from omnimem_train.memory.scorers.base import Scorer, register_scorer
 
 
 @register_scorer("snapkv")
+@dataclasses.dataclass
 class SnapKVScorer(Scorer):
     """SnapKV: per-head attention of the group's last `window` queries, averaged, then pooled over
     neighbouring tokens (kernel 5) so clusters survive together. With memory.per_head (SnapKV's own
@@ -16,12 +19,9 @@ class SnapKVScorer(Scorer):
 
     supports_per_head = True
 
-    def __init__(self, window: int = 32, kernel: int = 5):
-        self.window, self.kernel = window, kernel
+    window: int = 32  # memory.window: the group's last queries that vote
+    kernel: int = 5  # pooling width (no config key: SnapKV's default)
 
-    @classmethod
-    def from_config(cls, cfg):
-        return cls(cfg.window)
 
     def score(self, ctx):
         att = window_attention(ctx.queries().detach(), ctx.cand.keys.detach(), ctx.n_old, self.window,

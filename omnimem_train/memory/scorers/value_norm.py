@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from omnimem_train.memory.scorers.base import Scorer, register_scorer
 
 
 @register_scorer("value_norm")
+@dataclasses.dataclass
 class ValueNormScorer(Scorer):
     """InfiniPot-V VaN / VATP style: keep the tokens with the largest value norms (mean over KV heads,
     or per KV head with memory.per_head, as InfiniPot-V's VaN selects)."""
