@@ -295,8 +295,12 @@ def _tune_export_eval(pcfg: PipelineConfig, train_cfg, eval_cfg, say, step: str,
     merged = Path(tuned_eval.model_name_or_path)
     export_record = merged / "omnimem_export.json"
     adapter = Path(tune_cfg.output_dir) / "adapter_model.safetensors"
+    # A calibrated profile measured again since the run (same path, new content) makes it stale.
+    profile = Path(tune_cfg.memory.budget_file) if tune_cfg.memory.budget_file else None
     if (finished_training(tune_cfg) and export_record.exists() and adapter.exists()
-            and export_record.stat().st_mtime_ns >= adapter.stat().st_mtime_ns):
+            and export_record.stat().st_mtime_ns >= adapter.stat().st_mtime_ns
+            and not (profile is not None and profile.is_file()
+                     and profile.stat().st_mtime_ns > adapter.stat().st_mtime_ns)):
         say(f"{step} {section}: reusing {tune_cfg.output_dir} and its export {merged}")
     else:
         say(f"{step} {section}: LoRA on the base model ({_describe_training(tune_cfg)}) -> {tune_cfg.output_dir}")

@@ -79,6 +79,11 @@ def test_generate_train_evaluate_then_reuse(tmp_path):
     again = run_pipeline(_cfg(tmp_path), out=out2)
     assert "base model: reusing" in out2.getvalue() and "tune: reusing" in out2.getvalue()
     assert "control: reusing" in out2.getvalue()
+    # a calibrated profile measured again since (newer than the tuned adapter): the tuning is stale
+    os.utime(profile)
+    out3 = io.StringIO()
+    run_pipeline(_cfg(tmp_path), out=out3)
+    assert "tune: LoRA on the base model" in out3.getvalue() and "control: reusing" in out3.getvalue()
     assert (tmp_path / "base" / "model.safetensors").stat().st_mtime_ns == weights
     assert [c["accuracy"] for c in again["cells"]] == [c["accuracy"] for c in summary["cells"]]
 
