@@ -266,8 +266,8 @@ def run_pipeline(pcfg: PipelineConfig, out=None) -> dict:
         t0 = time.perf_counter()
         tuned = _tune_export_eval(pcfg, train_cfg, eval_cfg, say, f"[{4 + k}/{n}]", name)
         times[f"{name}_s"] = round(time.perf_counter() - t0, 1)
-        say(format_side_by_side(summary["cells"], tuned["cells"], name, _predictions(eval_cfg),
-                                _predictions(tuned["config"])))
+        say(format_side_by_side(summary["cells"], tuned["cells"], name, summary["predictions"],
+                                tuned["predictions"]))
         record[f"{name}_summary"] = tuned["summary"]
         summary = {**summary, name: tuned}
     times["total_s"] = round(time.perf_counter() - t_all, 1)
@@ -277,12 +277,6 @@ def run_pipeline(pcfg: PipelineConfig, out=None) -> dict:
     atomic_write_text(Path(eval_cfg.output_dir) / "pipeline.json",
                       json.dumps({"times": times, **record}, indent=2) + "\n")
     return {**summary, "times": times}
-
-
-def _predictions(cfg) -> dict[str, list[dict]]:
-    from omnimem_train.eval.paired import read_cells
-
-    return read_cells(cfg.output_dir)
 
 
 def _tune_export_eval(pcfg: PipelineConfig, train_cfg, eval_cfg, say, step: str, section: str) -> dict:
@@ -307,7 +301,7 @@ def _tune_export_eval(pcfg: PipelineConfig, train_cfg, eval_cfg, say, step: str,
         run_training(tune_cfg)
         export_run(tune_cfg.output_dir, merged, overwrite=True, log=say)
     say(f"      evaluating the exported model -> {tuned_eval.output_dir}")
-    return {**run_eval(tuned_eval), "config": tuned_eval}
+    return run_eval(tuned_eval)
 
 
 def _describe_training(cfg) -> str:

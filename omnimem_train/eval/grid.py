@@ -358,7 +358,8 @@ def run_eval(cfg, out: TextIO | None = None, err: TextIO | None = None) -> dict:
     """Run every unfinished cell of `cfg.eval`'s grid (model loaded once, only if needed; the
     calibrated profile measured first when a calibrated cell needs it), then write summary.json,
     summary.md and the plot. Returns the summary: {"model", "manifest", "split", "samples",
-    "cells": [metrics of every cell, grid order], "comparisons": [paired rows], "summary", "plot"}."""
+    "cells": [metrics of every cell, grid order], "comparisons": [paired rows], "summary", "plot",
+    "predictions": {cell name: its prediction records}} (predictions are not written to summary.json)."""
     from omnimem_train.config import save_config
     from omnimem_train.eval.paired import compare_cells, format_comparisons
     from omnimem_train.eval.plots import plot_accuracy_vs_budget
@@ -413,7 +414,7 @@ def run_eval(cfg, out: TextIO | None = None, err: TextIO | None = None) -> dict:
         title = (f"{cfg.model_name_or_path} on {manifest.parent.name}/{manifest.name} ({cfg.eval.split}, "
                  f"{len(samples)} samples)")
         plot_accuracy_vs_budget(rows, plot_path, title)
-    return {**summary, "summary": str(summary_path), "plot": str(plot_path)}
+    return {**summary, "summary": str(summary_path), "plot": str(plot_path), "predictions": predictions}
 
 
 def _load_model(cfg):
