@@ -55,16 +55,14 @@ def _settings(cfg, inputs: list[str], model_files: dict) -> dict:
             "tokens_per_layer": PROFILE_TOKENS_PER_LAYER}
 
 
-def is_calibrated(cfg, model_files: dict) -> bool:
-    """The profile exists and was measured with the current settings and model files."""
-    folder = calibration_path(cfg).parent
+def is_calibrated(cfg, inputs: list[str], model_files: dict) -> bool:
+    """The profile exists and was measured on `inputs` with the current settings and model files."""
+    path = calibration_path(cfg)
     try:
-        saved = json.loads((folder / SETTINGS).read_text(encoding="utf-8"))
+        saved = json.loads((path.parent / SETTINGS).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    if not calibration_path(cfg).is_file():
-        return False
-    return saved == _settings(cfg, calibration_inputs(cfg.eval), model_files)
+    return path.is_file() and saved == _settings(cfg, inputs, model_files)
 
 
 def calibrate_profile(adapter, cfg, model_files: dict, err: TextIO | None = None) -> Path:
@@ -77,9 +75,9 @@ def calibrate_profile(adapter, cfg, model_files: dict, err: TextIO | None = None
         if not path.is_file():
             raise ConfigError(f"eval.calibration_profile: {path}: budget file not found")
         return path
-    if is_calibrated(cfg, model_files):
+    inputs = calibration_inputs(cfg.eval)  # reads the manifest: once
+    if is_calibrated(cfg, inputs, model_files):
         return path
-    inputs = calibration_inputs(cfg.eval)
     (path.parent / SETTINGS).unlink(missing_ok=True)  # an interrupted run must not look finished
     print(f"calibrating the allocation on {len(inputs)} {CALIBRATION_SPLIT}-split clips -> {path}", file=err,
           flush=True)
