@@ -151,6 +151,19 @@ class Negated(Scorer):
 # The cases: each builds its tokens, runs the scorer through the real selection, compares kept sets
 # --------------------------------------------------------------------------------------------------
 
+def _with_norms(spec: str, spread: tuple[float, float], planted: dict[int, float], text: float,
+                seed: int) -> torch.Tensor:
+    """(G, n, D) vectors in seeded random directions, the same norm in every KV head: evenly spread
+    over `spread`, `planted` {token: norm} where the case wants it, and `text` for every text token."""
+    norms = torch.linspace(*spread, len(spec))
+    for i, norm in planted.items():
+        norms[i] = norm
+    for i in positions_of(spec, "T"):
+        norms[i] = text
+    dirs = torch.randn(G, len(spec), D, generator=torch.Generator().manual_seed(seed))
+    return torch.nn.functional.normalize(dirs, dim=-1) * norms[None, :, None]
+
+
 def case_key_norm(scorer) -> bool:
     """KnormPress keeps the SMALLEST key norms. Keys of every token point in random directions with
     norms 2.0-3.5 in both KV heads; tokens 3 (visual, memory), 12 (visual, group) and 6 (audio,
@@ -158,13 +171,7 @@ def case_key_norm(scorer) -> bool:
     largest norms (worst score) and must survive anyway."""
     mem, grp = "TVVVAVAVT", "VAAVVVVT"
     spec = mem + grp
-    norms = torch.linspace(2.0, 3.5, len(spec))
-    for i, tiny in zip((3, 12, 6), (0.05, 0.1, 0.15)):
-        norms[i] = tiny
-    for i in positions_of(spec, "T"):
-        norms[i] = 50.0
-    dirs = torch.nn.functional.normalize(torch.randn(G, len(spec), D, generator=torch.Generator().manual_seed(0)), dim=-1)
-    keys = dirs * norms[None, :, None]
+    keys = _with_norms(spec, (2.0, 3.5), {3: 0.05, 12: 0.1, 6: 0.15}, text=50.0, seed=0)
     layer = Layer(scorer, audio=1, visual=2)
     layer.preload(mem, keys=keys[:, : len(mem)]).feed(grp, keys=keys[:, len(mem):])
     return layer.kept == text_of(spec) | {3, 12, 6}
@@ -176,13 +183,7 @@ def case_value_norm(scorer) -> bool:
     Text values are near zero (worst score) and must survive anyway."""
     mem, grp = "TVVAVAVT", "VVVAVAAT"
     spec = mem + grp
-    norms = torch.linspace(1.0, 2.0, len(spec))
-    for i, big in zip((2, 10, 13), (8.0, 9.0, 10.0)):
-        norms[i] = big
-    for i in positions_of(spec, "T"):
-        norms[i] = 1e-3
-    dirs = torch.nn.functional.normalize(torch.randn(G, len(spec), D, generator=torch.Generator().manual_seed(1)), dim=-1)
-    values = dirs * norms[None, :, None]
+    values = _with_norms(spec, (1.0, 2.0), {2: 8.0, 10: 9.0, 13: 10.0}, text=1e-3, seed=1)
     layer = Layer(scorer, audio=1, visual=2)
     layer.preload(mem, values=values[:, : len(mem)]).feed(grp, values=values[:, len(mem):])
     return layer.kept == text_of(spec) | {2, 10, 13}
