@@ -49,7 +49,7 @@ else
   cmd+=(--num_gpus "$nproc" --master_addr "$master_addr" --master_port "$master_port")
 fi
 # --no_local_rank: ranks come from the LOCAL_RANK env var, not an extra CLI argument.
-cmd+=(--no_local_rank --module omnimem_train.cli train "$recipe" "$@")
+cmd+=(--no_local_rank --module omnimem_train.commands.cli train "$recipe" "$@")
 
 if [ "$ngpu" -eq 0 ]; then
   # CPU: gloo backend, one thread per process so 2 processes fit 2 cores.

@@ -40,3 +40,11 @@ def tiny_llama():
 
     model, tok = build_tiny_model("tiny-llama")
     return TextLMAdapter(model, tok)
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tmp_path_factory):
+    """A tiny training set on disk (real mp4 clips + manifest)."""
+    from data_prep.tiny_qa import make_tiny_qa
+
+    return make_tiny_qa(tmp_path_factory.mktemp("tiny_qa"), num=4, seconds=2.0, size=56, seed=0)

@@ -26,7 +26,7 @@ def _after(cmd, flag):
 def test_single_node_gpus_and_overrides():
     cmd = _cmd({"NUM_GPUS": "8"}, RECIPE, "learning_rate=1e-4")
     assert cmd[0].endswith("deepspeed") and _after(cmd, "--num_gpus") == "8"
-    assert cmd[-4:] == ["omnimem_train.cli", "train", RECIPE, "learning_rate=1e-4"]
+    assert cmd[-4:] == ["omnimem_train.commands.cli", "train", RECIPE, "learning_rate=1e-4"]
     assert "--no_local_rank" in cmd and "--module" in cmd
 
 

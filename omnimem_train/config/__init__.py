@@ -2,7 +2,6 @@
 
 from omnimem_train.config.load import (
     CONFIG_FILENAME,
-    MODEL_MEMORY_FILE,
     config_keys,
     config_to_dict,
     load_config,
@@ -25,7 +24,6 @@ __all__ = [
     "AUDIO_MODES",
     "CONFIG_FILENAME",
     "DTYPES",
-    "MODEL_MEMORY_FILE",
     "Config",
     "FieldValueError",
     "GenerationConfig",

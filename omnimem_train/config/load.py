@@ -33,16 +33,14 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
-from omnimem_train.config.schema import Config, FieldValueError, MemoryConfig
+from omnimem_train.config.schema import Config, FieldValueError
+from omnimem_train.config.served import model_memory_layer
 from omnimem_train.errors import ConfigError, first_line
-from omnimem_train.memory.settings import MEMORY_FILE, read_memory_settings
 from omnimem_train.utils.atomic import atomic_write_text
 
 CONFIG_FILENAME = "config.yaml"
 _SAVED_HEADER = "# Fully resolved config saved by omnimem-train; reuse it as a recipe to repeat the run.\n"
 
-MODEL_MEMORY_FILE = MEMORY_FILE  # see memory/settings.py
-_BUDGET_KEYS = ("budget", "budget_fraction", "compression_ratio", "budget_file")  # one budget: set together or not at all
 
 # (where the values came from, the dotted keys they set), in merge order
 _Layer = tuple[str, set[str]]
@@ -81,7 +79,7 @@ def load_serving_config(
     """
     _check_args(overrides, schema)
     cfg, layers = _build(schema, _user_layers(recipe, overrides, schema, settings))
-    model_layer, note = _model_memory_layer(cfg.model_name_or_path, layers)
+    model_layer, note = model_memory_layer(cfg.model_name_or_path, set().union(*(_dotted_keys(d) for _, d in layers)))
     if model_layer is None:
         return cfg, note
     return _build(schema, [model_layer, *layers])[0], note
@@ -101,6 +99,11 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     """The config as plain nested dicts (YAML/JSON-ready), e.g. for a checkpoint sidecar."""
     _require_instance(cfg)
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
+
+
+def memory_settings(cfg) -> dict:
+    """A run config's settings to serve its model with: {"compression": ..., <every memory.* field>}."""
+    return {"compression": cfg.compression, **config_to_dict(cfg)["memory"]}
 
 
 def config_keys(schema: type = Config) -> dict[str, str]:
@@ -140,48 +143,6 @@ def _build(schema: type, layers: Iterable[tuple[str, dict[str, Any]]]) -> tuple[
         merged.append((source, data))
     keys = [(source, _dotted_keys(data)) for source, data in merged]
     return _to_object(cfg, "", keys, schema), merged
-
-
-def _model_memory_layer(model: str, above: list[tuple[str, dict]]) -> tuple[tuple[str, dict] | None, str | None]:
-    """The `memory:` layer from `<model>/omnimem_memory.json` (None if absent or compression none)
-    and the note saying what it contributes."""
-    path = Path(model).expanduser() / MODEL_MEMORY_FILE
-    if model.startswith("builtin:") or not path.is_file():
-        return None, None
-    memory = _read_model_memory(path)
-    if memory is None:
-        return None, (f"{path}: the model was trained without compression (compression: none); "
-                      "no memory settings taken from it")
-    set_above = set().union(*(_dotted_keys(data) for _, data in above))
-    if any(f"memory.{k}" in set_above for k in _BUDGET_KEYS):
-        memory = {k: v for k, v in memory.items() if k not in _BUDGET_KEYS}
-    taken = {k: v for k, v in memory.items() if f"memory.{k}" not in set_above}
-    _check_budget_file(path, taken.get("budget_file"))
-    defaults = dataclasses.asdict(MemoryConfig())
-    shown = [f"{k}={v}" for k, v in taken.items() if k not in defaults or defaults[k] != v]
-    note = (f"memory settings from {path}: {', '.join(shown) or 'none differ from the defaults'} "
-            "(a recipe or key=value overrides them)")
-    return (str(path), {"memory": memory}), note
-
-
-def _read_model_memory(path: Path) -> dict[str, Any] | None:
-    """The file's MemoryConfig fields (budget_file resolved), or None for a compression-none model."""
-    memory = read_memory_settings(path)
-    compression = memory.pop("compression", "streaming")  # a hand-written file may leave it out
-    if compression not in ("streaming", "none"):
-        raise ConfigError(f"{path}: key 'compression': expected streaming | none, got {compression!r}")
-    if compression == "none":
-        return None
-    budget_file = memory.get("budget_file")
-    if isinstance(budget_file, str) and budget_file and not Path(budget_file).is_absolute():
-        memory["budget_file"] = str(path.parent / budget_file)  # export writes it next to the weights
-    return memory
-
-
-def _check_budget_file(path: Path, budget_file: Any) -> None:
-    if isinstance(budget_file, str) and not Path(budget_file).is_file():
-        raise ConfigError(f"{path}: key 'budget_file': {budget_file} not found (a relative path is "
-                          "resolved against the model directory)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,12 +15,25 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from omnimem_train.models.prompt import ANSWER_FORMATS
-
 DTYPES = ("float32", "bfloat16", "float16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 AUDIO_MODES = ("auto", "required", "off")
 TRAIN_ENCODERS = ("none", "audio", "vision", "all")
+# How a multiple-choice answer is written (training target) and scored (inference):
+#   letter: "B. green" -- the letter first, as VideoMME-style prompts ask;
+#   option: "green"    -- the option's own text, scored by likelihood as lm-eval-harness does;
+#   cloze:  "green"    -- as option, but the prompt is the question alone (no option lines, no
+#                         instruction): the cloze formulation of lm-eval-harness / OLMES. The answer
+#                         follows the stream 16-31 tokens later instead of 47-75 on the testbed, and
+#                         the prompt's length no longer depends on the options (on the testbed this
+#                         did not make the temporal questions learnable).
+#   completion: "green" -- plain text, no chat template: the system line, the stream, then the
+#                         question as a cloze stem (its closing "?" dropped) that the answer continues
+#                         directly, so the answer is predicted AT the question's last word. For
+#                         models trained from scratch (the testbed's base): a small LLM learns to
+#                         condition on the word it sits on long before it learns to fetch a word
+#                         from earlier in the prompt (benchmarks/temporal_readout.py, docs/testbed.md).
+ANSWER_FORMATS = ("letter", "option", "cloze", "completion")
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 

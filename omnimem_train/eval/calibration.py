@@ -1,6 +1,6 @@
 """The grid's calibrated allocation: one per-layer [audio, visual] profile per evaluation, measured
 on clips of the manifest's TRAIN split (never the evaluated split), by the same calibration path as
-`omnimem-train calibrate` (`calibrate_cmd.run_calibration`).
+`omnimem-train calibrate` (`run_calibration`).
 
 The profile's total is only its resolution (`PROFILE_TOKENS_PER_LAYER` per layer): each cell scales
 it per sample to the same total as its uniform cell (`budgets.scale_profile`), so allocations
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from omnimem_train.errors import ConfigError
+from omnimem_train.errors import ConfigError, MediaError
 from omnimem_train.utils.atomic import atomic_write_text
 
 CALIBRATION_DIR = "calibration"
@@ -25,6 +25,8 @@ PROFILE = "budget_profile.json"
 SETTINGS = "settings.json"
 CALIBRATION_SPLIT = "train"
 PROFILE_TOKENS_PER_LAYER = 10_000
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac")
+CONTEXT_SUFFIXES = (".txt",)
 
 
 def calibration_path(cfg) -> Path:
@@ -65,10 +67,70 @@ def is_calibrated(cfg, inputs: list[str], model_files: dict) -> bool:
     return path.is_file() and saved == _settings(cfg, inputs, model_files)
 
 
+def media_args(path: str) -> dict:
+    suffix = Path(path).suffix.lower()
+    if suffix in CONTEXT_SUFFIXES:
+        return {"context": path}
+    if suffix in AUDIO_SUFFIXES:
+        return {"audio": path}
+    return {"video": path}
+
+
+def run_calibration(adapter, cfg, inputs: list[str], output: Path, total: int, err=None):
+    """Stream `inputs` uncompressed through `adapter`, measure the statistics, allocate `total`
+    audio+visual tokens over the layers (T = memory.temperature, ρ = memory.rho) and write the
+    budget JSON `output` (with the statistics) and its plot -> (per-layer [audio, visual], stats, scores).
+
+    The one calibration path: `omnimem-train calibrate` and the eval grid's calibrated allocation."""
+    import torch
+
+    from omnimem_train.memory.calibrate import CalibrationCollector, allocate, layer_scores, write_budget_file
+    from omnimem_train.memory.plots import plot_budgets
+    from omnimem_train.models.prompt import split_chat_prompt
+    from omnimem_train.streaming.engine import StreamingEngine
+    from omnimem_train.streaming.inputs import media_input
+
+    err = err or sys.stderr
+    n_layers = len(adapter.decoder_layers)
+    prefix, _ = split_chat_prompt(adapter.tokenizer, cfg.generation.system_prompt, "", cfg.generation.answer_format)
+    collector = CalibrationCollector(n_layers, cfg.memory.query_block)
+    used = []
+    for k, path in enumerate(inputs):
+        one = CalibrationCollector(n_layers, cfg.memory.query_block)  # merged only if the whole stream reads
+        engine = StreamingEngine.from_config(adapter, cfg.memory, policy=one)
+        try:
+            media, _ = media_input(adapter, cfg.media, **media_args(path))
+            with torch.no_grad():
+                state, _ = engine.prefill(adapter.stream(media, prefix))
+        except MediaError as e:
+            print(f"warning: skipping calibration input {k + 1}/{len(inputs)}: {e}", file=err)
+            continue
+        collector.merge(one)
+        used.append(path)
+        t = one.tokens
+        print(f"sample {k + 1}/{len(inputs)}: {path}: {state.tokens_seen} tokens "
+              f"({t['visual']} visual, {t['audio']} audio, {t['text']} text)", file=err, flush=True)
+    if not used:
+        raise MediaError(f"none of the {len(inputs)} calibration inputs could be read")
+    stats = collector.stats()
+    if all(e is None for e in stats.entropy["all"]):
+        raise MediaError("the calibration inputs hold no audio or visual tokens; nothing to calibrate")
+    temperature, rho = cfg.memory.temperature, cfg.memory.rho
+    layers = allocate(stats, total, temperature, rho)
+    scores = layer_scores(stats)
+    per_layer = [{"layer": i, **row, "g": scores[i]} for i, row in enumerate(stats.per_layer())]
+    meta = {"total": total, "temperature": temperature, "rho": rho, "model": cfg.model_name_or_path,
+            "samples": stats.samples, "inputs": used, "tokens": stats.tokens, "stats": per_layer}
+    write_budget_file(output, layers, meta)
+    audio = sum(a for a, _ in layers)
+    title = (f"{cfg.model_name_or_path}: {total} audio+visual tokens over {n_layers} layers\n"
+             f"T={temperature:g}, rho={rho:g}, audio {audio / max(total, 1):.1%}, {stats.samples} samples")
+    plot_budgets(layers, output.with_suffix(".png"), title)
+    return layers, stats, scores
+
+
 def calibrate_profile(adapter, cfg, model_files: dict, err: TextIO | None = None) -> Path:
     """Measure and write the profile (unless `is_calibrated`) -> its path."""
-    from omnimem_train.calibrate_cmd import run_calibration
-
     err = err or sys.stderr
     path = calibration_path(cfg)
     if cfg.eval.calibration_profile is not None:

@@ -22,12 +22,12 @@ fraction of each sample's own exact audio+visual tokens (`memory.budget_fraction
 allocation of one budget holds the same number of tokens over all layers (`budgets.scale_profile`).
 `frame_drop` drops time steps before the LLM, the same in every layer, so it has no calibrated cell.
 
-A cell is finished when its metrics.json exists (written last, atomically), its config.yaml
-still matches the current settings (output_dir aside) and the files it read are the ones it
-read then (`input_files`: the model folder's weights and config.json, the manifest, the
-calibrated profile; by size and modification time): a re-run skips it, and loads no model when
-every cell is finished. A cell whose settings changed (e.g. another `eval.fraction`) or whose
-model was retrained in place is re-run.
+A cell is finished (`config.runs.is_finished_run`) when its metrics.json (written last, atomically)
+and predictions.jsonl are no older than its config.yaml, which still matches the current settings
+(output_dir aside), and the files it read are the ones it read then (`input_files`: the model
+folder's weights and config.json, the manifest, the calibrated profile; by size and modification
+time): a re-run skips it, and loads no model when every cell is finished. A cell whose settings
+changed (e.g. another `eval.fraction`) or whose model was retrained in place is re-run.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from omnimem_train.config.runs import is_finished_run, same_config
 from omnimem_train.errors import ConfigError, MediaError
 from omnimem_train.eval.calibration import calibrate_profile, calibration_inputs, calibration_path
 from omnimem_train.eval.metrics import compute_metrics
@@ -112,8 +113,7 @@ def grid_cells(ecfg) -> list[Cell]:
 
 def check_scorers(names: list[str], per_head: bool = False) -> None:
     """Every name is a known method (and, for `eval.per_head_scorers`, one with a per-head variant)."""
-    from omnimem_train.memory.registry import known_methods
-    from omnimem_train.memory.scorers.base import per_head_scorers
+    from omnimem_train.memory.registry import known_methods, per_head_scorers
 
     key = "eval.per_head_scorers" if per_head else "eval.scorers"
     known = per_head_scorers() if per_head else known_methods()
@@ -177,36 +177,26 @@ def _json(obj) -> str:
     return json.dumps(obj, indent=2) + "\n"
 
 
-def _same_config(cfg, run_dir: Path, ignore_output_dir: bool = True) -> bool:
-    """Whether run_dir/config.yaml holds `cfg` (by default output_dir aside: a moved folder stays finished).
-    The saved file is read as a config, so a key added to the schema since, at its default, is the
-    setting the cell ran with."""
-    from omnimem_train.config import CONFIG_FILENAME, config_to_dict, load_config
-
-    try:
-        saved = config_to_dict(load_config(run_dir / CONFIG_FILENAME, schema=type(cfg)))
-    except Exception:  # unreadable, or no longer a valid config: run again
-        return False
-    new = config_to_dict(cfg)
-    if ignore_output_dir:
-        saved.pop("output_dir", None)
-        new.pop("output_dir", None)
-    return saved == new
-
-
 def cell_dir(cfg, cell: Cell) -> Path:
     return Path(cfg.output_dir) / CELLS_DIR / cell.name
 
 
 def is_finished(cfg, cell: Cell) -> bool:
     d = cell_dir(cfg, cell)
-    if not ((d / METRICS).is_file() and (d / PREDICTIONS).is_file() and _same_config(cell_config(cfg, cell), d)):
+    if not is_finished_run(cell_config(cfg, cell), d, [PREDICTIONS, METRICS], ignore=["output_dir"]):
         return False
     try:
         recorded = json.loads((d / METRICS).read_text(encoding="utf-8")).get("input_files")
     except (OSError, ValueError, AttributeError):
         return False
     return recorded == input_files(cfg, cell)
+
+
+def read_cells(output_dir: str | Path) -> dict[str, list[dict]]:
+    """{cell name: prediction records} of every cell of an eval output folder that has a
+    predictions.jsonl (`<output_dir>/cells/<cell>/predictions.jsonl`)."""
+    root = Path(output_dir) / CELLS_DIR
+    return {p.parent.name: read_predictions(p) for p in sorted(root.glob(f"*/{PREDICTIONS}"))}
 
 
 def input_files(cfg, cell: Cell | None = None) -> dict[str, list[int]]:
@@ -380,7 +370,7 @@ def run_eval(cfg, out: TextIO | None = None, err: TextIO | None = None) -> dict:
         else:
             todo.append(cell)
     adapter = _load_model(cfg) if todo else None
-    if not _same_config(cfg, run_dir, ignore_output_dir=False):
+    if not same_config(cfg, run_dir):
         save_config(cfg, run_dir)
     if any(c.allocation == "calibrated" for c in todo):
         calibrate_profile(adapter, cfg, input_files(cfg), err)
@@ -389,7 +379,7 @@ def run_eval(cfg, out: TextIO | None = None, err: TextIO | None = None) -> dict:
               f"{cfg.eval.manifest} ({cfg.eval.split})", file=err, flush=True)
         cache = None
         if cfg.eval.cache_streams:
-            from omnimem_train.train.encoder_cache import EncoderCache
+            from omnimem_train.streaming.encoder_cache import EncoderCache
 
             cache = EncoderCache(adapter)
         for cell in todo:
@@ -418,19 +408,15 @@ def run_eval(cfg, out: TextIO | None = None, err: TextIO | None = None) -> dict:
 
 
 def _load_model(cfg):
-    import torch
+    from omnimem_train.models.load import load_configured_adapter
 
-    from omnimem_train.models.load import load_adapter
-    from omnimem_train.models.qwen2_5_omni import Qwen2_5OmniAdapter
-
-    torch.manual_seed(cfg.seed)
-    adapter = load_adapter(cfg.model_name_or_path, cfg.dtype, cfg.device, cfg.attn_implementation,
-                           cfg.trust_remote_code)
-    if not isinstance(adapter, Qwen2_5OmniAdapter):
+    adapter = load_configured_adapter(cfg)
+    if not adapter.takes_media:
         raise ConfigError(f"model_name_or_path: {cfg.model_name_or_path} is a text-only LM; the manifest's "
                           "video/audio samples need an audio-visual model")
     return adapter
 
 
 __all__ = ["Cell", "PREDICTION_FIELDS", "cell_config", "check_scorers", "comparison_pairs", "format_markdown",
-           "format_table", "grid_cells", "input_files", "is_finished", "read_predictions", "run_cell", "run_eval", "select_samples"]
+           "format_table", "grid_cells", "input_files", "is_finished", "read_cells", "read_predictions", "run_cell",
+           "run_eval", "select_samples"]

@@ -15,7 +15,8 @@ noise to an unpaired comparison and carry no information about the difference. H
   sample missing from one side or a duplicate id is an error, never silently dropped.
 * `compare_cells(cells, pairs)` -> rows, `format_comparisons(rows)` -> a Markdown table.
 
-    from omnimem_train.eval.paired import compare_cells, format_comparisons, read_cells
+    from omnimem_train.eval.grid import read_cells
+    from omnimem_train.eval.paired import compare_cells, format_comparisons
 
     cells = read_cells("checkpoints/eval/testbed")   # {cell name: prediction records}
     rows = compare_cells(cells, [("omnimem-f0.0625-calibrated", "snapkv-f0.0625-uniform")])
@@ -27,7 +28,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -224,14 +224,5 @@ def format_comparisons(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_cells(output_dir: str | Path) -> dict[str, list[dict]]:
-    """{cell name: prediction records} of every cell of an eval output folder that has a
-    predictions.jsonl (`<output_dir>/cells/<cell>/predictions.jsonl`)."""
-    from omnimem_train.eval.grid import CELLS_DIR, PREDICTIONS, read_predictions
-
-    root = Path(output_dir) / CELLS_DIR
-    return {p.parent.name: read_predictions(p) for p in sorted(root.glob(f"*/{PREDICTIONS}"))}
-
-
 __all__ = ["PairedDiff", "compare_cells", "format_comparisons", "mcnemar_exact", "pair_predictions",
-           "paired_bootstrap", "read_cells"]
+           "paired_bootstrap"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from omnimem_train.errors import ModelError, first_line
+from omnimem_train.errors import ModelError
 
 FULL_OMNI_TYPE = "qwen2_5_omni"
 THINKER_PREFIX = "thinker."
@@ -34,28 +34,6 @@ def model_type(model_dir: Path) -> str | None:
 
 def is_full_omni(model_dir: Path) -> bool:
     return model_type(model_dir) == FULL_OMNI_TYPE
-
-
-def load_full_omni(model_dir: Path, trust_remote_code: bool = False):
-    """(Qwen2_5OmniForConditionalGeneration in fp32 on CPU, Qwen2_5OmniAdapter on its thinker).
-
-    The adapter reads tokenizer and image normalization from `model_dir` as `models.load` does."""
-    from transformers import AutoTokenizer, Qwen2_5OmniForConditionalGeneration
-
-    from omnimem_train.models.qwen2_5_omni import CLIP_MEAN, CLIP_STD, Qwen2_5OmniAdapter
-
-    try:
-        full = Qwen2_5OmniForConditionalGeneration.from_pretrained(
-            str(model_dir), dtype=torch.float32, attn_implementation="sdpa", local_files_only=True,
-            use_safetensors=True, trust_remote_code=trust_remote_code)
-        tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelError(f"{model_dir}: cannot load the full Qwen2.5-Omni model ({first_line(e)})") from e
-    pre = _json(Path(model_dir) / "preprocessor_config.json")
-    adapter = Qwen2_5OmniAdapter(full.thinker, tok, pre.get("image_mean", CLIP_MEAN), pre.get("image_std", CLIP_STD),
-                                 name=str(model_dir))
-    adapter.model_dir = str(model_dir)
-    return full.eval(), adapter
 
 
 def stored_dtypes(model_dir: Path) -> dict[str, torch.dtype]:
@@ -109,11 +87,3 @@ def _handles(model_dir: Path, stack: contextlib.ExitStack) -> dict:
 def _bytes(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().reshape(-1).view(torch.uint8)
 
-
-def _json(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{path}: invalid JSON ({first_line(e)})") from e

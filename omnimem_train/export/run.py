@@ -18,12 +18,12 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from omnimem_train.config.served import write_memory_settings
 from omnimem_train.errors import ConfigError, ModelError
 from omnimem_train.export.merge import attach_lora, load_full_weights, merge_lora
 from omnimem_train.export.omni import (
     check_parts_identical,
     is_full_omni,
-    load_full_omni,
     model_type,
     restore_part_dtypes,
     stored_dtypes,
@@ -31,7 +31,6 @@ from omnimem_train.export.omni import (
 from omnimem_train.export.publish import check_output, staged_folder
 from omnimem_train.export.source import TrainedSource, default_output, find_source, tensor_shapes
 from omnimem_train.export.verify import max_abs_diff, probe_logits
-from omnimem_train.memory.settings import write_memory_settings
 from omnimem_train.utils.atomic import atomic_write_text
 
 EXPORT_FILE = "omnimem_export.json"
@@ -87,7 +86,7 @@ def base_folder(base: str) -> Path:
 
 def _build(source: TrainedSource, base_dir: Path, tmp: Path, full_omni: bool, max_shard_size: str,
            trust_remote_code: bool, atol: float, log) -> dict:
-    from omnimem_train.models.load import load_adapter
+    from omnimem_train.models.load import load_adapter, load_full_omni
 
     if full_omni:
         full, adapter = load_full_omni(base_dir, trust_remote_code)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from omnimem_train.config.served import MEMORY_FILE, read_memory_settings
 from omnimem_train.errors import ConfigError, ModelError, first_line
-from omnimem_train.memory.settings import MEMORY_FILE, read_memory_settings
 
 RUN_CONFIG = "config.yaml"
 ADAPTER_FILE = "adapter_model.safetensors"

@@ -383,11 +383,6 @@ def resolve_audio_source(video_path: str | Path, audio_path: str | Path | None, 
 
     Read the audio with `iter_audio` (lazily) or `load_audio`.
     """
-    return _resolve_audio_source(video_path, audio_path, mode)
-
-
-def _resolve_audio_source(video_path: str | Path, audio_path: str | Path | None, mode: str) -> Path | None:
-    """`resolve_audio_source`, for its public wrappers: the warning names the wrapper's caller."""
     if mode not in AUDIO_MODES:
         raise ConfigError(f"media.audio: unknown mode {mode!r}; expected one of {', '.join(AUDIO_MODES)}")
     if mode == "off":
@@ -402,15 +397,6 @@ def _resolve_audio_source(video_path: str | Path, audio_path: str | Path | None,
             f"{video_path}: no audio track, but audio is required "
             "(set media.audio=auto to fall back to video-only, or pass --audio FILE)"
         )
-    warnings.warn(f"{video_path}: no audio track; falling back to video-only", MediaWarning, stacklevel=3)
+    warnings.warn(f"{video_path}: no audio track; falling back to video-only", MediaWarning, stacklevel=2)
     return None
 
-
-def resolve_audio(video_path: str | Path, audio_path: str | Path | None, mode: str) -> np.ndarray | None:
-    """The audio to use with `video_path`, as float32 mono (N,) at 16 kHz, or None for video-only.
-
-    The whole track in memory: `load_audio` of `resolve_audio_source(video_path, audio_path, mode)`
-    (see it for the modes). Streaming code should use `iter_audio` on that source instead.
-    """
-    source = _resolve_audio_source(video_path, audio_path, mode)
-    return None if source is None else load_audio(source)

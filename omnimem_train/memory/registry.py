@@ -9,9 +9,24 @@ from omnimem_train.memory.policies.frame_drop import FrameDropPolicy
 from omnimem_train.memory.policies.full import FullMemory
 from omnimem_train.memory.policies.scored import ScoredPolicy
 from omnimem_train.memory.policy import MemoryPolicy
-from omnimem_train.memory.scorers.base import build_scorer, per_head_scorers, scorer_names
+from omnimem_train.memory.scorers import SCORERS, Scorer
 
 SPECIAL = ("full", "frame_drop")
+
+
+def scorer_names() -> list[str]:
+    return sorted(SCORERS)
+
+
+def per_head_scorers() -> list[str]:
+    """Scorers that can select per KV head (`memory.per_head`)."""
+    return [name for name in scorer_names() if SCORERS[name].supports_per_head]
+
+
+def build_scorer(name: str, cfg) -> Scorer:
+    if name not in SCORERS:
+        raise ConfigError(f"memory.scorer: unknown scorer {name!r}; known: {', '.join(scorer_names())}")
+    return SCORERS[name].from_config(cfg)
 
 
 def known_methods() -> list[str]:

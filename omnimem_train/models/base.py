@@ -52,6 +52,12 @@ class StreamPiece:
         """Every token is text (a prompt or delimiter piece, embedded from `token_ids`)."""
         return bool((self.modality == int(Modality.TEXT)).all())
 
+    def next_pos(self) -> int:
+        """The rotary position text continues at after this (non-empty) piece: after its *last*
+        token's position, as get_rope_index continues, which can be below the piece's max (a video
+        patch later in time than the final audio)."""
+        return int(self.positions[:, -1].max()) + 1
+
     def slice(self, start: int, stop: int) -> StreamPiece:
         ids = None if self.token_ids is None else self.token_ids[start:stop]
         end = self.end_s if stop >= len(self) else None
@@ -112,6 +118,12 @@ class ModelAdapter(ABC):
     backbone: nn.Module
     position_dims: int
     name: str = "model"
+    # An adapter that takes frames and audio (not only a text-proxy context) sets `takes_media` and
+    # provides `chunker(prefix_ids, fps=, video=, audio=, duration_s=)` (its push-based stream layout:
+    # start / feed(frames=, audio=) / finish / copy, with `video_s` and `audio_s` fed), the
+    # `feature_extractor()` its audio is featurized with, `frame_multiple` (frame sides are multiples
+    # of it) and `visual_tokens(n_frames, height, width)`.
+    takes_media: bool = False
 
     # --- text -------------------------------------------------------------------------------
     @abstractmethod
@@ -198,3 +210,27 @@ class ModelAdapter(ABC):
             if isinstance(tid, int) and tid != tok.unk_token_id:
                 ids.add(tid)
         return sorted(ids)
+
+
+def push_media(chunker, frames: Iterator[np.ndarray] | None, mel_windows: Iterator[np.ndarray] | None
+               ) -> Iterator[StreamPiece]:
+    """Drive a media adapter's chunker from lazy frame and log-mel iterators: its start, every piece
+    it completes, its finish. Whichever modality is behind in media time is pulled next, so only
+    about one chunk (or one feature window) of the other is held."""
+    yield from chunker.start()
+    frames = iter(frames) if frames is not None else None
+    windows = iter(mel_windows) if mel_windows is not None else None
+    while frames is not None or windows is not None:
+        if windows is None or (frames is not None and chunker.video_s <= chunker.audio_s):
+            frame = next(frames, None)
+            if frame is None:
+                frames = None
+            else:
+                yield from chunker.feed(frames=frame)
+        else:
+            window = next(windows, None)
+            if window is None:
+                windows = None
+            else:
+                yield from chunker.feed(audio=window)
+    yield from chunker.finish()

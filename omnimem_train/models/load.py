@@ -76,6 +76,13 @@ def load_adapter(model_name_or_path: str, dtype: str = "float32", device: str = 
     return adapter
 
 
+def load_configured_adapter(cfg) -> ModelAdapter:
+    """Seed torch with `cfg.seed`, then `load_adapter` as a run config names the model (its
+    model_name_or_path, dtype, device, attn_implementation and trust_remote_code)."""
+    torch.manual_seed(cfg.seed)
+    return load_adapter(cfg.model_name_or_path, cfg.dtype, cfg.device, cfg.attn_implementation, cfg.trust_remote_code)
+
+
 def _local_dir(name: str) -> Path:
     """A checkpoint folder: the path itself, or a hub id resolved through the HF cache (downloading
     only where the hub is reachable and HF_HUB_OFFLINE is unset)."""
@@ -149,21 +156,36 @@ def _check_weights(path: Path, model_type: str) -> None:
     )
 
 
+def load_full_omni(model_dir: str | Path, trust_remote_code: bool = False, **kw):
+    """(Qwen2_5OmniForConditionalGeneration in eval mode on CPU, Qwen2_5OmniAdapter on its thinker) from a
+    full checkpoint folder (thinker + talker + token2wav); fp32 with sdpa unless `kw` says otherwise."""
+    from transformers import Qwen2_5OmniForConditionalGeneration
+
+    kw = {"dtype": torch.float32, "attn_implementation": "sdpa", "use_safetensors": True, **kw}
+    try:
+        full = Qwen2_5OmniForConditionalGeneration.from_pretrained(
+            str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code, **kw)
+        return full.eval(), _omni_adapter(full.thinker, str(model_dir), trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"{model_dir}: cannot load the full Qwen2.5-Omni model ({first_line(e)})") from e
+
+
 def _load_omni(source: str, model_type: str, kw: dict) -> ModelAdapter:
-    from transformers import (
-        AutoTokenizer,
-        Qwen2_5OmniForConditionalGeneration,
-        Qwen2_5OmniThinkerForConditionalGeneration,
-    )
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    if model_type == "qwen2_5_omni":  # full model (thinker + talker + token2wav): keep only the thinker
+        return load_full_omni(source, enable_audio_output=False, **kw)[1]
+    thinker = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(source, local_files_only=True, **kw)
+    return _omni_adapter(thinker, source, kw["trust_remote_code"])
+
+
+def _omni_adapter(thinker, source: str, trust_remote_code: bool) -> ModelAdapter:
+    """A Qwen2_5OmniAdapter on `thinker` with the tokenizer and image normalization of folder `source`."""
+    from transformers import AutoTokenizer
 
     from omnimem_train.models.qwen2_5_omni import CLIP_MEAN, CLIP_STD, Qwen2_5OmniAdapter
 
-    if model_type == "qwen2_5_omni":  # full model (thinker + talker + token2wav): keep only the thinker
-        thinker = Qwen2_5OmniForConditionalGeneration.from_pretrained(
-            source, enable_audio_output=False, local_files_only=True, **kw).thinker
-    else:
-        thinker = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(source, local_files_only=True, **kw)
-    tok = AutoTokenizer.from_pretrained(source, local_files_only=True, trust_remote_code=kw["trust_remote_code"])
+    tok = AutoTokenizer.from_pretrained(source, local_files_only=True, trust_remote_code=trust_remote_code)
     pre = _preprocessor_config(source)
     adapter = Qwen2_5OmniAdapter(thinker, tok, pre.get("image_mean", CLIP_MEAN), pre.get("image_std", CLIP_STD),
                                  name=source)

@@ -7,23 +7,10 @@ be and the question plus the assistant header after it.
 
 from __future__ import annotations
 
+from omnimem_train.config.schema import ANSWER_FORMATS
+
 _SENTINEL = "\u2063OMNIMEM_MEDIA\u2063"
 LETTERS = "ABCDEFGHIJ"
-# How a multiple-choice answer is written (training target) and scored (inference):
-#   letter: "B. green" -- the letter first, as VideoMME-style prompts ask;
-#   option: "green"    -- the option's own text, scored by likelihood as lm-eval-harness does;
-#   cloze:  "green"    -- as option, but the prompt is the question alone (no option lines, no
-#                         instruction): the cloze formulation of lm-eval-harness / OLMES. The answer
-#                         follows the stream 16-31 tokens later instead of 47-75 on the testbed, and
-#                         the prompt's length no longer depends on the options (on the testbed this
-#                         did not make the temporal questions learnable).
-#   completion: "green" -- plain text, no chat template: the system line, the stream, then the
-#                         question as a cloze stem (its closing "?" dropped) that the answer continues
-#                         directly, so the answer is predicted AT the question's last word. For
-#                         models trained from scratch (the testbed's base): a small LLM learns to
-#                         condition on the word it sits on long before it learns to fetch a word
-#                         from earlier in the prompt (benchmarks/temporal_readout.py, docs/testbed.md).
-ANSWER_FORMATS = ("letter", "option", "cloze", "completion")
 _INSTRUCTIONS = {"letter": "Answer with the option's letter.", "option": "Answer with the option."}
 
 

@@ -1,6 +1,7 @@
 """After the stream: run the question over each layer's memory, then decode or score options.
 
-Decoding passes every new token's *explicit* position (`state.next_pos`): after eviction the
+`ask` is the one answering path (offline `infer`, the eval grid and the live session call it) and
+`Answer` its one result type. Decoding passes every new token's *explicit* position (`state.next_pos`): after eviction the
 memory is shorter than the stream, so a position derived from the cache length would be wrong.
 """
 
@@ -10,7 +11,58 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from omnimem_train.memory.report import MemoryReport
+from omnimem_train.models.prompt import LETTERS, option_text, question_prompt
 from omnimem_train.streaming.engine import StreamingEngine, StreamState
+
+
+class Answer:
+    """What `ask` returns. Iterate it for the answer's text pieces as they are generated (decoding
+    runs while you iterate; iterating again replays them); `text` is the whole answer. `report`: the
+    memory the question ran over. For multiple choice, `option_scores` (one log-likelihood per
+    option) and `choice` (its letter). `stream_seconds`: wall time of streaming the media, when the
+    caller measured it."""
+
+    def __init__(self, pieces: Iterator[str], report: MemoryReport, option_scores: list[float] | None = None,
+                 choice: str | None = None, stream_seconds: float | None = None):
+        self._source, self._pieces = pieces, []
+        self.report, self.option_scores, self.choice = report, option_scores, choice
+        self.stream_seconds = stream_seconds
+
+    def __iter__(self) -> Iterator[str]:
+        yield from list(self._pieces)
+        for piece in self._source:
+            self._pieces.append(piece)
+            yield piece
+
+    @property
+    def text(self) -> str:
+        return "".join(self)
+
+    def to_dict(self) -> dict:
+        return {"answer": self.text, "choice": self.choice, "option_scores": self.option_scores,
+                "stream_seconds": self.stream_seconds, "memory": self.report.to_dict()}
+
+
+@torch.no_grad()
+def ask(engine: StreamingEngine, state: StreamState, question: str, options: list[str] | None = None, *,
+        system_prompt: str = "", answer_format: str = "letter", max_new_tokens: int = 32,
+        stream_seconds: float | None = None) -> Answer:
+    """Answer `question` over the memory in `state` (which it extends by the question and the
+    answer: pass a copy to keep it). With `options`, each is scored by log-likelihood as written in
+    `answer_format` (`prompt.ANSWER_FORMATS`, which must match the training target) and the best
+    letter is the choice; otherwise greedy decoding, lazily as the `Answer` is iterated."""
+    tok = engine.adapter.tokenizer
+    _, q_ids = question_prompt(tok, system_prompt, question, options, answer_format)
+    report = state.report()
+    if options:
+        opts = [tok(option_text(options, i, answer_format), add_special_tokens=False)["input_ids"]
+                for i in range(len(options))]
+        scores = score_options(engine, state, q_ids, opts)
+        best = max(range(len(options)), key=scores.__getitem__)
+        return Answer(iter([f"{LETTERS[best]}. {options[best]}"]), report, scores, LETTERS[best], stream_seconds)
+    ids = iter_generate(engine, state, q_ids, max_new_tokens, engine.adapter.eos_token_ids)
+    return Answer(iter_text(tok, ids), report, stream_seconds=stream_seconds)
 
 
 @torch.no_grad()

@@ -152,9 +152,7 @@ class StreamingEngine:
         if commit:
             state.layers = layers
             state.tokens_seen += len(piece)
-            # Text continues after the *last* token's position (as get_rope_index does), which
-            # can be below the stream's max (a video patch later in time than the final audio).
-            state.next_pos = int(piece.positions[:, -1].max()) + 1
+            state.next_pos = piece.next_pos()
             state.groups += 1
             state.seen = seen
         if want_logits == "none":

@@ -16,9 +16,8 @@ from pathlib import Path
 from omnimem_train.config.schema import MediaConfig
 from omnimem_train.errors import MediaError, ModelError
 from omnimem_train.media.decode import frame_size_for, iter_audio, iter_frames, probe, resolve_audio_source
-from omnimem_train.media.features import LogMelExtractor, audio_tokens_for_frames
+from omnimem_train.media.features import audio_tokens_for_frames
 from omnimem_train.models.base import MediaInput, Modality, ModelAdapter
-from omnimem_train.models.qwen2_5_omni import Qwen2_5OmniAdapter
 
 _PREFIXES = {"visual:": Modality.VISUAL, "audio:": Modality.AUDIO, "text:": Modality.TEXT}
 
@@ -36,11 +35,11 @@ def media_input(adapter: ModelAdapter, cfg: MediaConfig, video: str | None = Non
             if modality in counts:
                 counts[modality] += len(adapter.tokenizer(text, add_special_tokens=False)["input_ids"])
         return MediaInput(context=segments, expected_tokens=counts), sum(counts.values())
-    if not isinstance(adapter, Qwen2_5OmniAdapter):
+    if not adapter.takes_media:
         raise ModelError(f"{adapter.name}: a text-only LM cannot take video or audio; pass --context FILE")
     if video is None and audio is None:
         raise MediaError("no input: pass --video FILE and/or --audio FILE")
-    mel = LogMelExtractor.from_dir(adapter.model_dir) if getattr(adapter, "model_dir", None) else LogMelExtractor()
+    mel = adapter.feature_extractor()
     if video is None:
         # Probe first (its duration feeds the estimate); iter_audio then checks the file eagerly.
         seconds = probe(audio).duration_s
@@ -50,12 +49,12 @@ def media_input(adapter: ModelAdapter, cfg: MediaConfig, video: str | None = Non
     info = probe(video)
     if not info.has_video:
         raise MediaError(f"{video}: not a video file (no video stream)")
-    h, w = frame_size_for(info, cfg.max_pixels, cfg.min_pixels)
+    h, w = frame_size_for(info, cfg.max_pixels, cfg.min_pixels, adapter.frame_multiple)
     source = resolve_audio_source(video, audio, cfg.audio)
     chunks = iter_audio(source) if source is not None else None
     frames = iter_frames(video, cfg.video_fps, h, w)
     n_frames = math.ceil(info.duration_s * cfg.video_fps)
-    expected = {Modality.VISUAL: math.ceil(n_frames / adapter.tps) * (h // 28) * (w // 28), Modality.AUDIO: 0}
+    expected = {Modality.VISUAL: adapter.visual_tokens(n_frames, h, w), Modality.AUDIO: 0}
     windows = None
     if chunks is not None:
         windows = mel.iter_windows(chunks)

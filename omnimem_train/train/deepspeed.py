@@ -26,7 +26,8 @@ one process: under ``torchrun``/``deepspeed`` with 2 ranks the HF Trainer then d
 ``train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step * world_size``, and
 ``accelerate launch`` silently makes every rank "rank 0 of 1". `patch_accelerate_cpu_backend`
 makes it return ``("gloo", DistributedType.MULTI_CPU)`` in exactly that case (see
-docs: ENVIRONMENT.md section 5). This module is the only place that patches accelerate.
+docs: ENVIRONMENT.md section 5); `accelerate_cpu_backend` applies it for one block and restores
+accelerate on exit. This module is the only place that patches accelerate.
 
 Single-process runs (pytest, ``python script.py``) without a launcher: DeepSpeed falls back to
 MPI discovery and fails with ``ModuleNotFoundError: mpi4py``; `ensure_single_process_dist_env`
@@ -39,6 +40,7 @@ which CI caches (``.ci/run`` sets the same default).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -268,21 +270,19 @@ def patch_accelerate_cpu_backend() -> bool:
     return True
 
 
-def unpatch_accelerate_cpu_backend() -> None:
-    """Restore accelerate's original ``PartialState._prepare_backend`` (for tests)."""
+@contextlib.contextmanager
+def accelerate_cpu_backend(enabled: bool = True):
+    """`patch_accelerate_cpu_backend` for the duration of the block (when `enabled`); on exit accelerate's
+    ``PartialState._prepare_backend`` is what it was before. Wrap the DeepSpeed Trainer's setup and run."""
     from accelerate.state import PartialState
 
-    current = PartialState.__dict__["_prepare_backend"]
-    while getattr(current, _SHIM_MARK, False):
-        current = current.__wrapped__
-    PartialState._prepare_backend = current
-
-
-def is_accelerate_cpu_backend_patched() -> bool:
-    """Whether `patch_accelerate_cpu_backend` is in effect."""
-    from accelerate.state import PartialState
-
-    return bool(getattr(PartialState.__dict__["_prepare_backend"], _SHIM_MARK, False))
+    before = PartialState.__dict__["_prepare_backend"]
+    if enabled:
+        patch_accelerate_cpu_backend()
+    try:
+        yield
+    finally:
+        PartialState._prepare_backend = before
 
 
 def shutdown_distributed() -> None:

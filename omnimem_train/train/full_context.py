@@ -33,9 +33,8 @@ def full_context_loss(adapter: ModelAdapter, seqs: list[Sequence]) -> torch.Tens
     """Mean over all questions of the mean answer-token CE; one decoder forward of shape (B, L_max, D)."""
     rows, segments, spans = [], [], []
     for b, s in enumerate(seqs):
-        # Where the engine continues text after a stream (`StreamState.next_pos`): after the last token.
         tail = [p for p in s.pieces if len(p)]
-        next_pos = int(tail[-1].positions[:, -1].max()) + 1 if tail else 0
+        next_pos = tail[-1].next_pos() if tail else 0  # where the engine continues text after the stream
         parts, seg = list(s.pieces), [0] * sum(len(p) for p in s.pieces)
         for j, (question, answer) in enumerate(s.questions, start=1):
             ids = list(question) + list(answer)

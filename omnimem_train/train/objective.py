@@ -21,9 +21,9 @@ from omnimem_train.memory.report import MemoryReport, full_context_report
 from omnimem_train.models.base import ModelAdapter, StreamPiece
 from omnimem_train.models.prompt import question_prompt
 from omnimem_train.streaming.answer import answer_loss
+from omnimem_train.streaming.encoder_cache import EncoderCache
 from omnimem_train.streaming.engine import StreamingEngine
 from omnimem_train.streaming.inputs import media_input
-from omnimem_train.train.encoder_cache import EncoderCache
 from omnimem_train.train.full_context import Sequence, full_context_loss
 
 
@@ -54,8 +54,9 @@ def _detached(pieces: Iterable[StreamPiece], adapter: ModelAdapter) -> Iterator[
 class StreamingObjective(nn.Module):
     """Wraps the trainable model (`inner`) with the streaming engine that drives it.
 
-    full_context:  the engine keeps everything (`compression: none`): each batch runs as one padded
-                   full-context forward (`train.full_context`), which gives the same loss faster.
+    engine:        the compressed streaming forward; None for `compression: none`, where each batch
+                   runs as one packed full-context forward (`train.full_context`): the same loss
+                   (tested to 1e-5 against streaming at an unlimited budget), one forward per batch.
     cache:         an `EncoderCache` (the clip is decoded and encoded once; with a trained audio
                    tower its log-mel is kept and re-encoded).
     answer_format: the prompt's answer format (`models.prompt.ANSWER_FORMATS`); the
@@ -68,9 +69,8 @@ class StreamingObjective(nn.Module):
                    keeps nothing when no cache is asked for).
     """
 
-    def __init__(self, inner: nn.Module, adapter: ModelAdapter, engine: StreamingEngine, media: MediaConfig,
-                 system_prompt: str, checkpoint: bool = True, train_encoders: str = "none",
-                 full_context: bool = False, cache: EncoderCache | None = None, answer_format: str = "letter",
+    def __init__(self, inner: nn.Module, adapter: ModelAdapter, engine: StreamingEngine | None, media: MediaConfig,
+                 system_prompt: str, checkpoint: bool = True, train_encoders: str = "none", cache: EncoderCache | None = None, answer_format: str = "letter",
                  budget_range: tuple[float, float] | None = None):
         super().__init__()
         if cache is not None and train_encoders in ("vision", "all"):
@@ -83,7 +83,7 @@ class StreamingObjective(nn.Module):
         self.inner = inner  # registered: DeepSpeed/DDP and the optimizer see its parameters
         self.adapter, self.engine, self.media = adapter, engine, media
         self.system_prompt, self.checkpoint, self.train_encoders = system_prompt, checkpoint, train_encoders
-        self.full_context, self.cache, self.answer_format = full_context, cache, answer_format
+        self.cache, self.answer_format = cache, answer_format
         self.budget_range = budget_range
         self.last_reports: list[MemoryReport] = []
 
@@ -97,7 +97,7 @@ class StreamingObjective(nn.Module):
             prefix, q_ids, a_ids = self._prompt(ex)
             key = (ex.video, ex.audio, ex.context, tuple(prefix))
             streams.setdefault(key, (ex, prefix, []))[2].append((q_ids, a_ids))
-        if self.full_context:
+        if self.engine is None:
             seqs = [Sequence(list(self._stream(ex, prefix)[0]), questions)
                     for ex, prefix, questions in streams.values()]
             for seq in seqs:

@@ -15,6 +15,7 @@ import torch
 
 from omnimem_train.config.load import save_config
 from omnimem_train.errors import ConfigError
+from omnimem_train.train.deepspeed import accelerate_cpu_backend
 
 
 def _setup_environment(cfg) -> None:
@@ -23,15 +24,10 @@ def _setup_environment(cfg) -> None:
     os.environ.setdefault("WANDB_PROJECT", "omnimem-train")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if cfg.deepspeed:
-        from omnimem_train.train.deepspeed import (
-            default_extensions_dir,
-            ensure_single_process_dist_env,
-            patch_accelerate_cpu_backend,
-        )
+        from omnimem_train.train.deepspeed import default_extensions_dir, ensure_single_process_dist_env
 
         default_extensions_dir()
         ensure_single_process_dist_env()  # a plain `python -m` run still needs RANK/WORLD_SIZE/...
-        patch_accelerate_cpu_backend()  # no-op with a GPU
 
 
 def _training_args(cfg, hidden_size: int):
@@ -65,25 +61,20 @@ def _training_args(cfg, hidden_size: int):
 
 def build_objective(cfg):
     """(objective module, adapter): the model to train wrapped with its streaming engine."""
-    from omnimem_train.memory.policies.full import FullMemory
-    from omnimem_train.models.load import load_adapter
+    from omnimem_train.models.load import load_configured_adapter
+    from omnimem_train.streaming.encoder_cache import EncoderCache
     from omnimem_train.streaming.engine import StreamingEngine
-    from omnimem_train.train.encoder_cache import EncoderCache
     from omnimem_train.train.lora import prepare_model
     from omnimem_train.train.objective import StreamingObjective
 
-    adapter = load_adapter(cfg.model_name_or_path, cfg.dtype, cfg.device, cfg.attn_implementation,
-                           cfg.trust_remote_code)
+    adapter = load_configured_adapter(cfg)
     inner = prepare_model(adapter.model, cfg)
-    if cfg.compression == "none":  # plain full-context training: one group, nothing evicted
-        engine = StreamingEngine(adapter, FullMemory(), group_size=1 << 30)
-    else:
-        engine = StreamingEngine.from_config(adapter, cfg.memory)
+    # compression: none trains through the packed full-context loss (`train.full_context`), no engine.
+    engine = None if cfg.compression == "none" else StreamingEngine.from_config(adapter, cfg.memory)
     cache = EncoderCache(adapter, train_audio=cfg.train_encoders == "audio") if cfg.cache_encoder_outputs else None
     objective = StreamingObjective(inner, adapter, engine, cfg.media, cfg.generation.system_prompt,
                                    checkpoint=cfg.gradient_checkpointing, train_encoders=cfg.train_encoders,
-                                   full_context=cfg.compression == "none", cache=cache,
-                                   answer_format=cfg.generation.answer_format,
+                                   cache=cache, answer_format=cfg.generation.answer_format,
                                    budget_range=tuple(cfg.train_budget_fractions) or None)
     return objective, adapter
 
@@ -141,14 +132,15 @@ def run_training(cfg):
     _setup_environment(cfg)
     torch.manual_seed(cfg.seed)
     objective, adapter = build_objective(cfg)
-    args = _training_args(cfg, adapter.model.config.get_text_config().hidden_size)
-    trainer = StreamingTrainer(model=objective, args=args, train_dataset=to_dataset(samples),
-                               data_collator=partial(collate, answer_format=cfg.generation.answer_format),
-                               callbacks=[JsonlMetrics(), DataPosition()], run_cfg=cfg)
-    if trainer.is_world_process_zero():
-        print(trainable_summary(objective.inner), flush=True)
-        save_config(cfg, cfg.output_dir)
-    result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(cfg.output_dir)
-    trainer.save_metrics("train", result.metrics)  # train_results.json, written last: the run finished
+    with accelerate_cpu_backend(enabled=bool(cfg.deepspeed)):  # DeepSpeed on CPU: gloo (no-op with a GPU)
+        args = _training_args(cfg, adapter.model.config.get_text_config().hidden_size)
+        trainer = StreamingTrainer(model=objective, args=args, train_dataset=to_dataset(samples),
+                                   data_collator=partial(collate, answer_format=cfg.generation.answer_format),
+                                   callbacks=[JsonlMetrics(), DataPosition()], run_cfg=cfg)
+        if trainer.is_world_process_zero():
+            print(trainable_summary(objective.inner), flush=True)
+            save_config(cfg, cfg.output_dir)
+        result = trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model(cfg.output_dir)
+        trainer.save_metrics("train", result.metrics)  # train_results.json, written last: the run finished
     return trainer

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
-from omnimem_train.config.load import save_config
-from omnimem_train.memory.settings import memory_settings, write_memory_settings
+from omnimem_train.config.load import memory_settings, save_config
+from omnimem_train.config.served import write_memory_settings
 from omnimem_train.models.prompt import LETTERS, option_text
 from omnimem_train.train.objective import Example
 from omnimem_train.train.sampler import MediaGroupedSampler

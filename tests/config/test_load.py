@@ -104,7 +104,7 @@ def test_recipes_found():
 @pytest.mark.parametrize("path", ALL_RECIPES, ids=lambda p: str(p.relative_to(RECIPES)))
 def test_every_recipe_loads(path):
     if path.name.startswith("pipeline_"):  # pipeline recipes chain stage recipes: check those load too
-        from omnimem_train.pipeline import PipelineConfig, stage_configs, tune_configs
+        from omnimem_train.commands.pipeline import PipelineConfig, stage_configs, tune_configs
 
         pcfg = load_config(path, schema=PipelineConfig)
         stages = stage_configs(pcfg)

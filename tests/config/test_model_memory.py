@@ -109,7 +109,7 @@ def test_bad_settings_file_is_a_one_line_error_naming_it(model, content, needles
 
 
 def test_trainer_written_settings_round_trip(model):
-    from omnimem_train.memory.settings import memory_settings
+    from omnimem_train.config.load import memory_settings
 
     trained = load_config(None, ["memory.scorer=recency", "memory.budget=96", "memory.sink_tokens=2",
                                  "memory.group_seconds=4"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from data_prep.tiny_qa import make_tiny_qa
-from omnimem_train.cli import main
+from omnimem_train.commands.cli import main
 from omnimem_train.config import load_config
 from omnimem_train.data.manifest import read_manifest
 from omnimem_train.eval.calibration import calibration_inputs
@@ -129,7 +129,7 @@ def test_calibrated_without_train_clips_is_one_line(tmp_path):
 def test_cached_streams_give_the_same_predictions(manifest, tmp_path, tiny_omni):
     """eval.cache_streams encodes each clip once for every cell: bit-identical option scores."""
     from omnimem_train.eval.grid import Cell, run_cell
-    from omnimem_train.train.encoder_cache import EncoderCache
+    from omnimem_train.streaming.encoder_cache import EncoderCache
 
     cfg = load_config(RECIPE, [f"eval.manifest={manifest}", f"output_dir={tmp_path}", *GRID])
     samples = read_manifest(manifest, "test")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from data_prep.tiny_qa import make_tiny_qa
-from omnimem_train.cli import main
+from omnimem_train.commands.cli import main
 from omnimem_train.config import load_config
 
 RECIPE = "recipes/eval/tiny_omni.yaml"

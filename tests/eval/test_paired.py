@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from omnimem_train.eval.grid import read_cells
 from omnimem_train.eval.metrics import wilson_interval
 from omnimem_train.eval.paired import (
     PairedDiff,
@@ -15,7 +16,6 @@ from omnimem_train.eval.paired import (
     mcnemar_exact,
     pair_predictions,
     paired_bootstrap,
-    read_cells,
 )
 
 Z_95 = 1.959963984540054

@@ -13,7 +13,8 @@ RECIPE = "recipes/train/tiny_cpu.yaml"
 def save_like_trainer(folder: Path, base: str, finetuning_type: str = "lora", seed: int = 0, **memory) -> Path:
     """A run folder as `StreamingTrainer._save` writes it, without training: LoRA with random B
     (so the merge changes the weights), or the base's weights perturbed (full fine-tuning)."""
-    from omnimem_train.memory.settings import memory_settings, write_memory_settings
+    from omnimem_train.config.load import memory_settings
+    from omnimem_train.config.served import write_memory_settings
     from omnimem_train.models.load import load_adapter
     from omnimem_train.train.lora import prepare_model
 

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from omnimem_train.cli import main
+from omnimem_train.commands.cli import main
 
 
 def _copy_run(lora_run, tmp_path):

@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from transformers import Qwen2_5OmniForConditionalGeneration, Qwen2_5OmniThinkerForConditionalGeneration
 
-from omnimem_train.cli import main
+from omnimem_train.commands.cli import main
 from omnimem_train.models.load import load_adapter
 from tests.export.runs import peft_reference, save_like_trainer, text_logits
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 import omnimem_train.export.run as export_run_module
-from omnimem_train.cli import main
+from omnimem_train.commands.cli import main
 from omnimem_train.export import export_run
 from omnimem_train.export.publish import staged_folder
 

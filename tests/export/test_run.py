@@ -6,7 +6,7 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from omnimem_train.cli import main
+from omnimem_train.commands.cli import main
 from omnimem_train.export.verify import probe_logits
 from omnimem_train.models.load import load_adapter
 from tests.export.runs import peft_reference, save_like_trainer, text_logits

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from omnimem_train.cli import main
+from omnimem_train.commands.cli import main
 from omnimem_train.errors import ModelError
 from omnimem_train.export.zero import consolidate, weights_only_torch_load
 from omnimem_train.models.load import load_adapter

@@ -21,7 +21,6 @@ from omnimem_train.media.decode import (
     iter_frames,
     load_audio,
     probe,
-    resolve_audio,
     resolve_audio_source,
 )
 from omnimem_train.media.features import LogMelExtractor, audio_tokens_for_frames
@@ -139,6 +138,12 @@ def test_audio_longer_than_30s_is_kept_whole(tmp_path, kind):
     mel = LogMelExtractor().log_mel(wave)
     assert mel.shape == (128, 6500)  # windows of 3000 + 3000 + 500 frames
     assert audio_tokens_for_frames(mel.shape[1]) == 1625
+
+
+def resolve_audio(video_path, audio_path, mode):
+    """The whole audio track to use with `video_path` (float32 mono, 16 kHz), or None for video-only."""
+    source = resolve_audio_source(video_path, audio_path, mode)
+    return None if source is None else load_audio(source)
 
 
 def test_resolve_audio_modes(clip, silent_clip, tmp_path):

@@ -80,11 +80,11 @@ def test_train_eval_infer_and_session_resolve_the_same_budget(tiny_omni, manifes
     assert _media_per_layer(objective.last_reports[0]) == [kept] * n_layers
 
     # the live session: told the planned stream's size, it resolves the same number
-    session = StreamSession(ad, build_policy(MEMORY, n_layers), MediaConfig(), group_size=GROUP,
+    session = StreamSession(StreamingEngine(ad, build_policy(MEMORY, n_layers), GROUP), MediaConfig(),
                             stream_tokens=sum(counts.values()))
     assert session.policy.budgets.mean_total() == want
     with pytest.raises(ConfigError, match="memory.budget_fraction: a live session does not know"):
-        StreamSession(ad, build_policy(MEMORY, n_layers), MediaConfig(), group_size=GROUP)
+        StreamSession(StreamingEngine(ad, build_policy(MEMORY, n_layers), GROUP), MediaConfig())
 
 
 def test_budget_fraction_is_fixed_while_compression_ratio_grows(tiny_omni, sample):

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omnimem_train.cli import main
+from omnimem_train.commands.cli import main
 from omnimem_train.memory.budgets import read_budget_file
 from omnimem_train.memory.calibrate import (
     MODALITIES,

@@ -36,7 +36,8 @@ from omnimem_train.memory.budgets import Budgets
 from omnimem_train.memory.context import LayerContext
 from omnimem_train.memory.layer_memory import LayerMemory
 from omnimem_train.memory.policies.scored import ScoredPolicy
-from omnimem_train.memory.scorers.base import Scorer, scorer_names
+from omnimem_train.memory.registry import scorer_names
+from omnimem_train.memory.scorers.base import Scorer
 from omnimem_train.memory.scorers.h2o import H2OScorer
 from omnimem_train.memory.scorers.key_norm import KeyNormScorer
 from omnimem_train.memory.scorers.keydiff import KeyDiffScorer

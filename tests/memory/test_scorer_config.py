@@ -4,7 +4,7 @@
 import dataclasses
 
 from omnimem_train.config.schema import MemoryConfig
-from omnimem_train.memory.scorers.base import build_scorer, scorer_names
+from omnimem_train.memory.registry import build_scorer, scorer_names
 
 
 def test_every_scorer_takes_its_hyper_parameters_from_the_config():

@@ -49,7 +49,7 @@ def test_options_are_scored_in_the_answer_format(llama, answer_format):
     ref = _reference_scores(model, ad.tokenizer, answer_format)
     assert result.option_scores == pytest.approx(ref, abs=1e-4)
     best = max(range(len(OPTIONS)), key=ref.__getitem__)
-    assert result.choice == LETTERS[best] and result.answer == f"{LETTERS[best]}. {OPTIONS[best]}"
+    assert result.choice == LETTERS[best] and result.text == f"{LETTERS[best]}. {OPTIONS[best]}"
 
 
 def test_the_two_formats_score_different_texts(llama):

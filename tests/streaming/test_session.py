@@ -17,6 +17,7 @@ from omnimem_train.models.base import MediaInput, Modality
 from omnimem_train.models.builtin import build_tiny_model, resolve_builtin
 from omnimem_train.models.prompt import split_chat_prompt
 from omnimem_train.models.qwen2_5_omni import Qwen2_5OmniAdapter
+from omnimem_train.serving import open_session
 from omnimem_train.streaming.engine import StreamingEngine
 from omnimem_train.streaming.infer import answer_question
 from omnimem_train.streaming.session import StreamSession
@@ -53,7 +54,7 @@ BY_TOKENS = dict(group_size=GROUP)
 
 
 def _session(ad, group=BY_TOKENS, **kw):
-    return StreamSession(ad, _policy(ad), MediaConfig(), system_prompt=SYSTEM, **group, **kw)
+    return StreamSession(StreamingEngine(ad, _policy(ad), **group), MediaConfig(), system_prompt=SYSTEM, **kw)
 
 
 def _check_budget(state):
@@ -104,9 +105,9 @@ def _assert_same_memory(a, b):
 def _assert_same_answers(session, ad, group=BY_TOKENS, **media):
     got, ref = session.ask(QUESTION, OPTIONS), _offline_answer(ad, OPTIONS, group, **media)
     assert got.option_scores == pytest.approx(ref.option_scores, abs=1e-5) and got.choice == ref.choice
-    assert got.text == ref.answer
+    assert got.text == ref.text
     pieces = list(session.ask(QUESTION, max_new_tokens=6))
-    assert "".join(pieces) == _offline_answer(ad, None, group, **media).answer
+    assert "".join(pieces) == _offline_answer(ad, None, group, **media).text
     assert len(pieces) > 1  # streamed piece by piece, not one block at the end
 
 
@@ -189,9 +190,9 @@ def test_frames_are_resized_to_the_model_frame_size(ad):
 
 def test_bad_inputs(ad, tiny_llama):
     with pytest.raises(ModelError, match="audio-visual"):
-        StreamSession(tiny_llama, _policy(ad))
+        StreamSession(StreamingEngine(tiny_llama, _policy(ad)))
     with pytest.raises(ConfigError, match="frame_drop"):
-        StreamSession(ad, make_policy("frame_drop", len(ad.decoder_layers), budget=10))
+        StreamSession(StreamingEngine(ad, make_policy("frame_drop", len(ad.decoder_layers), budget=10)))
     session = _session(ad, audio=False)
     with pytest.raises(MediaError, match="no audio"):
         session.feed(audio=np.zeros(100, np.float32))
@@ -210,7 +211,7 @@ def test_from_pretrained_uses_the_model_memory_settings(tmp_path):
     (model / "omnimem_budget.json").write_text(json.dumps([[2, 8]] * 4))
     (model / "omnimem_memory.json").write_text(json.dumps(
         {"compression": "streaming", "scorer": "recency", "budget_file": "omnimem_budget.json", "group_size": 24}))
-    session = StreamSession.from_pretrained(str(model), audio=False, device="cpu", memory={"sink_tokens": 0})
+    session = open_session(str(model), audio=False, device="cpu", memory={"sink_tokens": 0})
     assert session.policy.name == "recency" and session.engine.group_size == 24
     assert session.config.memory.sink_tokens == 0 and "recency" in session.settings_note
     session.feed(frames=np.zeros((8, 56, 56, 3), np.uint8))  # 16 visual tokens

@@ -21,13 +21,12 @@ from omnimem_train.errors import ConfigError
 from omnimem_train.train import deepspeed as ods
 from omnimem_train.train.deepspeed import (
     RECIPE_DIR,
+    accelerate_cpu_backend,
     deepspeed_config_for_device,
     ensure_single_process_dist_env,
-    is_accelerate_cpu_backend_patched,
     patch_accelerate_cpu_backend,
     precision_args,
     resolve_deepspeed,
-    unpatch_accelerate_cpu_backend,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -197,6 +196,22 @@ def test_default_extensions_dir(monkeypatch):
 # --------------------------------------------------------------------------------------------
 
 
+def unpatch_accelerate_cpu_backend() -> None:
+    """Restore accelerate's original ``PartialState._prepare_backend``."""
+    from accelerate.state import PartialState
+
+    current = PartialState.__dict__["_prepare_backend"]
+    while getattr(current, ods._SHIM_MARK, False):
+        current = current.__wrapped__
+    PartialState._prepare_backend = current
+
+
+def is_accelerate_cpu_backend_patched() -> bool:
+    from accelerate.state import PartialState
+
+    return bool(getattr(PartialState.__dict__["_prepare_backend"], ods._SHIM_MARK, False))
+
+
 @pytest.fixture
 def shim_env(monkeypatch):
     """LOCAL_RANK=0 + ACCELERATE_USE_DEEPSPEED=true; the patch is undone afterwards."""
@@ -255,6 +270,28 @@ def test_shim_idempotent_and_unpatch(shim_env):
     assert not is_accelerate_cpu_backend_patched()
     unpatch_accelerate_cpu_backend()  # harmless when not patched
     assert PartialState.__dict__["_prepare_backend"] is original
+
+
+@needs_no_cuda
+def test_training_setup_leaves_accelerate_unpatched_outside_the_training_block(shim_env, monkeypatch, tmp_path):
+    """Importing train.run and `_setup_environment` patch nothing; `accelerate_cpu_backend` patches
+    for its block only and restores accelerate on exit, also after an error."""
+    from types import SimpleNamespace
+
+    from accelerate.state import PartialState
+
+    from omnimem_train.train import run
+
+    # a launcher-less world, and the env vars it sets stay in this test
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k not in DIST_KEYS})
+    run._setup_environment(SimpleNamespace(output_dir=str(tmp_path), deepspeed="zero2"))
+    assert os.environ["WORLD_SIZE"] == "1" and not is_accelerate_cpu_backend_patched()
+    with accelerate_cpu_backend(enabled=False):
+        assert not is_accelerate_cpu_backend_patched()
+    with pytest.raises(RuntimeError), accelerate_cpu_backend():
+        assert is_accelerate_cpu_backend_patched()
+        raise RuntimeError("training failed")
+    assert PartialState.__dict__["_prepare_backend"] is shim_env
 
 
 def test_shim_noop_with_cuda(shim_env, monkeypatch):

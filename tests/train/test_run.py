@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from omnimem_train.cli import main
+from omnimem_train.commands.cli import main
 from omnimem_train.config import load_config
 from omnimem_train.models.builtin import build_tiny_model
 from omnimem_train.train.run import run_training

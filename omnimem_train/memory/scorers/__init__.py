@@ -1,4 +1,4 @@
-"""Shipped scorers, one file each; importing this package registers them by name."""
+"""Shipped scorers, one file each; importing this package registers them by name in `SCORERS`."""
 
 from omnimem_train.memory.scorers import (  # noqa: F401
     h2o,
@@ -10,6 +10,6 @@ from omnimem_train.memory.scorers import (  # noqa: F401
     snapkv,
     value_norm,
 )
-from omnimem_train.memory.scorers.base import Scorer, build_scorer, register_scorer, scorer_names
+from omnimem_train.memory.scorers.base import SCORERS, Scorer, register_scorer
 
-__all__ = ["Scorer", "build_scorer", "register_scorer", "scorer_names"]
+__all__ = ["SCORERS", "Scorer", "register_scorer"]

@@ -9,10 +9,9 @@ from typing import ClassVar
 
 import torch
 
-from omnimem_train.errors import ConfigError
 from omnimem_train.memory.context import LayerContext
 
-_SCORERS: dict[str, type[Scorer]] = {}
+SCORERS: dict[str, type[Scorer]] = {}
 
 
 @dataclasses.dataclass
@@ -59,28 +58,10 @@ class Scorer(ABC):
 
 def register_scorer(name: str):
     def deco(cls):
-        if name in _SCORERS:
+        if name in SCORERS:
             raise ValueError(f"scorer {name!r} registered twice")
         cls.name = name
-        _SCORERS[name] = cls
+        SCORERS[name] = cls
         return cls
 
     return deco
-
-
-def scorer_names() -> list[str]:
-    import omnimem_train.memory.scorers  # noqa: F401  (registers the shipped scorers)
-
-    return sorted(_SCORERS)
-
-
-def per_head_scorers() -> list[str]:
-    """Scorers that can select per KV head (`memory.per_head`)."""
-    return [name for name in scorer_names() if _SCORERS[name].supports_per_head]
-
-
-def build_scorer(name: str, cfg) -> Scorer:
-    names = scorer_names()
-    if name not in _SCORERS:
-        raise ConfigError(f"memory.scorer: unknown scorer {name!r}; known: {', '.join(names)}")
-    return _SCORERS[name].from_config(cfg)

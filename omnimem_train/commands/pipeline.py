@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omnimem_train.config.runs import is_finished_run
 from omnimem_train.config.schema import _int, _number, _require
 from omnimem_train.errors import ConfigError
 from omnimem_train.utils.atomic import atomic_write_text
@@ -183,24 +184,9 @@ def tune_configs(pcfg: PipelineConfig, train_cfg, eval_cfg, section: str = "tune
 
 
 def finished_training(cfg) -> bool:
-    """`output_dir` holds a finished run with exactly this resolved config: `train_results.json`
-    (written after the final weights) is newer than `config.yaml` (rewritten when a run starts, so
-    an interrupted re-run never passes for the finished run it overwrote)."""
-    from omnimem_train.config.load import CONFIG_FILENAME, config_to_dict, load_config
-
-    out = Path(cfg.output_dir)
-    config, done = out / CONFIG_FILENAME, out / TRAIN_RESULTS
-    if not (config.exists() and done.exists() and any(out.glob("*.safetensors"))):
-        return False
-    if done.stat().st_mtime_ns < config.stat().st_mtime_ns:
-        return False
-    try:
-        saved = load_config(out / CONFIG_FILENAME)
-    except Exception:  # an unreadable or outdated config: train again
-        return False
-    mine, theirs = config_to_dict(cfg), config_to_dict(saved)
-    mine.pop("resume_from_checkpoint"), theirs.pop("resume_from_checkpoint")
-    return mine == theirs
+    """`output_dir` holds a finished run of this resolved config (resume_from_checkpoint aside) and weights."""
+    done = is_finished_run(cfg, cfg.output_dir, [TRAIN_RESULTS], ignore=["resume_from_checkpoint"])
+    return done and any(Path(cfg.output_dir).glob("*.safetensors"))
 
 
 def _started_before(cfg, first) -> bool:

@@ -12,11 +12,11 @@ import os
 import pytest
 import torch
 
-from omnimem_train.cli import main
+from omnimem_train.commands.cli import main
+from omnimem_train.commands.pipeline import PipelineConfig, run_pipeline, stage_configs, tune_configs
 from omnimem_train.config import load_config
 from omnimem_train.errors import ConfigError
 from omnimem_train.models.builtin import build_tiny_model
-from omnimem_train.pipeline import PipelineConfig, run_pipeline, stage_configs, tune_configs
 
 
 def _cfg(tmp_path, *extra):
@@ -89,7 +89,7 @@ def test_generate_train_evaluate_then_reuse(tmp_path):
 
 
 def test_changed_training_config_trains_again(tmp_path):
-    from omnimem_train.pipeline import finished_training
+    from omnimem_train.commands.pipeline import finished_training
 
     train_cfg, _ = stage_configs(_cfg(tmp_path))
     assert not finished_training(train_cfg)  # nothing there yet
@@ -162,7 +162,7 @@ def _with_curriculum(tmp_path, *extra):
 
 
 def test_curriculum_stage_is_wired_before_the_train_stage(tmp_path):
-    from omnimem_train.pipeline import curriculum_config
+    from omnimem_train.commands.pipeline import curriculum_config
 
     pcfg = _with_curriculum(tmp_path)
     first = curriculum_config(pcfg)
@@ -209,7 +209,7 @@ def test_pipeline_trains_the_curriculum_stage_then_from_it(tmp_path):
 
 
 def test_side_by_side_pairs_the_clips_and_says_why_when_nothing_changed():
-    from omnimem_train.pipeline import format_side_by_side
+    from omnimem_train.commands.pipeline import format_side_by_side
 
     def cell(name, correct):
         scorer = name.split("-")[0]

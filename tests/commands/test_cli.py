@@ -6,7 +6,7 @@ import av
 import pytest
 
 from data_prep.synthetic import write_clip, write_wav
-from omnimem_train.cli import main
+from omnimem_train.commands.cli import main
 
 
 @pytest.fixture(scope="module")

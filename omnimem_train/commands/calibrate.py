@@ -12,10 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from omnimem_train.errors import ConfigError, MediaError
-
-AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac")
-CONTEXT_SUFFIXES = (".txt",)
+from omnimem_train.errors import ConfigError
+from omnimem_train.eval.calibration import media_args, run_calibration
 
 
 def _synthetic_clips(cfg, run_dir: Path) -> list[str]:
@@ -30,15 +28,6 @@ def _synthetic_clips(cfg, run_dir: Path) -> list[str]:
                        tone_hz=220.0 * (1 + 0.25 * (i % 16)), seed=cfg.seed + i)
         out.append(str(path))
     return out
-
-
-def _media_args(path: str) -> dict:
-    suffix = Path(path).suffix.lower()
-    if suffix in CONTEXT_SUFFIXES:
-        return {"context": path}
-    if suffix in AUDIO_SUFFIXES:
-        return {"audio": path}
-    return {"video": path}
 
 
 def _check_total(cfg) -> None:
@@ -71,82 +60,24 @@ def format_table(stats, scores, layers) -> str:
     return "\n".join(lines)
 
 
-def run_calibration(adapter, cfg, inputs: list[str], output: Path, total: int, err=None):
-    """Stream `inputs` uncompressed through `adapter`, measure the statistics, allocate `total`
-    audio+visual tokens over the layers (T = memory.temperature, ρ = memory.rho) and write the
-    budget JSON `output` (with the statistics) and its plot -> (per-layer [audio, visual], stats, scores).
-
-    The one calibration path: `omnimem-train calibrate` and the eval grid's calibrated allocation."""
-    import torch
-
-    from omnimem_train.memory.calibrate import CalibrationCollector, allocate, layer_scores, write_budget_file
-    from omnimem_train.memory.plots import plot_budgets
-    from omnimem_train.models.prompt import split_chat_prompt
-    from omnimem_train.streaming.engine import StreamingEngine
-    from omnimem_train.streaming.inputs import media_input
-
-    err = err or sys.stderr
-    n_layers = len(adapter.decoder_layers)
-    prefix, _ = split_chat_prompt(adapter.tokenizer, cfg.generation.system_prompt, "", cfg.generation.answer_format)
-    collector = CalibrationCollector(n_layers, cfg.memory.query_block)
-    used = []
-    for k, path in enumerate(inputs):
-        one = CalibrationCollector(n_layers, cfg.memory.query_block)  # merged only if the whole stream reads
-        engine = StreamingEngine.from_config(adapter, cfg.memory, policy=one)
-        try:
-            media, _ = media_input(adapter, cfg.media, **_media_args(path))
-            with torch.no_grad():
-                state, _ = engine.prefill(adapter.stream(media, prefix))
-        except MediaError as e:
-            print(f"warning: skipping calibration input {k + 1}/{len(inputs)}: {e}", file=err)
-            continue
-        collector.merge(one)
-        used.append(path)
-        t = one.tokens
-        print(f"sample {k + 1}/{len(inputs)}: {path}: {state.tokens_seen} tokens "
-              f"({t['visual']} visual, {t['audio']} audio, {t['text']} text)", file=err, flush=True)
-    if not used:
-        raise MediaError(f"none of the {len(inputs)} calibration inputs could be read")
-    stats = collector.stats()
-    if all(e is None for e in stats.entropy["all"]):
-        raise MediaError("the calibration inputs hold no audio or visual tokens; nothing to calibrate")
-    temperature, rho = cfg.memory.temperature, cfg.memory.rho
-    layers = allocate(stats, total, temperature, rho)
-    scores = layer_scores(stats)
-    per_layer = [{"layer": i, **row, "g": scores[i]} for i, row in enumerate(stats.per_layer())]
-    meta = {"total": total, "temperature": temperature, "rho": rho, "model": cfg.model_name_or_path,
-            "samples": stats.samples, "inputs": used, "tokens": stats.tokens, "stats": per_layer}
-    write_budget_file(output, layers, meta)
-    audio = sum(a for a, _ in layers)
-    title = (f"{cfg.model_name_or_path}: {total} audio+visual tokens over {n_layers} layers\n"
-             f"T={temperature:g}, rho={rho:g}, audio {audio / max(total, 1):.1%}, {stats.samples} samples")
-    plot_budgets(layers, output.with_suffix(".png"), title)
-    return layers, stats, scores
-
-
 def cmd_calibrate(args) -> int:
-    import torch
-
     from omnimem_train.config import load_config, save_config
-    from omnimem_train.models.load import load_adapter
-    from omnimem_train.models.qwen2_5_omni import Qwen2_5OmniAdapter
+    from omnimem_train.models.load import load_configured_adapter
 
     cfg = load_config(args.recipe, args.overrides)
     run_dir = Path(cfg.output_dir)
     output = Path(cfg.calibration.output) if cfg.calibration.output else run_dir / "budgets.json"
     _check_total(cfg)  # before loading the model: fail fast
-    torch.manual_seed(cfg.seed)
-    adapter = load_adapter(cfg.model_name_or_path, cfg.dtype, cfg.device, cfg.attn_implementation,
-                           cfg.trust_remote_code)
+    adapter = load_configured_adapter(cfg)
     n_layers = len(adapter.decoder_layers)
     total = _total(cfg, n_layers)
     inputs = list(cfg.calibration.inputs)
-    media_inputs = [p for p in inputs if "context" not in _media_args(p)]
-    if media_inputs and not isinstance(adapter, Qwen2_5OmniAdapter):
+    media_inputs = [p for p in inputs if "context" not in media_args(p)]
+    if media_inputs and not adapter.takes_media:
         raise ConfigError(f"calibration.inputs: {media_inputs[0]}: {cfg.model_name_or_path} is a text-only LM; "
                           "it takes text-proxy context files (.txt) only")
     if not inputs:
-        if not isinstance(adapter, Qwen2_5OmniAdapter):
+        if not adapter.takes_media:
             raise ConfigError(f"calibration.inputs: empty, and {cfg.model_name_or_path} is a text-only LM; "
                               "synthetic clips need an audio-visual model, give text-proxy context files (.txt)")
         inputs = _synthetic_clips(cfg, run_dir)

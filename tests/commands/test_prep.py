@@ -5,11 +5,10 @@ import json
 import pytest
 
 from data_prep.converters import FORMATS
-from omnimem_train.cli import main
+from omnimem_train.commands.cli import main
+from omnimem_train.commands.prep import FORMAT_NAMES
 from omnimem_train.data import read_manifest
-from omnimem_train.prep_cmd import FORMAT_NAMES
-
-from .conftest import write_jsonl
+from tests.data_prep.converters.conftest import write_jsonl
 
 
 @pytest.fixture

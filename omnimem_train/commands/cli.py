@@ -25,12 +25,12 @@ import sys
 import warnings
 from pathlib import Path
 
-from omnimem_train.calibrate_cmd import add_parser as add_calibrate_parser
+from omnimem_train.commands.calibrate import add_parser as add_calibrate_parser
+from omnimem_train.commands.eval import add_parser as add_eval_parser
+from omnimem_train.commands.export import add_parser as add_export_parser
+from omnimem_train.commands.pipeline import add_parser as add_pipeline_parser
+from omnimem_train.commands.prep import add_parser as add_prep_parser
 from omnimem_train.errors import ConfigError, OmniMemError
-from omnimem_train.eval_cmd import add_parser as add_eval_parser
-from omnimem_train.export_cmd import add_parser as add_export_parser
-from omnimem_train.pipeline import add_parser as add_pipeline_parser
-from omnimem_train.prep_cmd import add_parser as add_prep_parser
 
 DEFAULT_QUESTION = "What happens in this video?"
 
@@ -63,12 +63,10 @@ def _demo_clip(run_dir: Path) -> str:
 
 
 def cmd_infer(args) -> int:
-    import torch
     from tqdm import tqdm
 
     from omnimem_train.config import load_serving_config, save_config
-    from omnimem_train.models.load import load_adapter
-    from omnimem_train.streaming.engine import StreamingEngine
+    from omnimem_train.serving import load_engine
     from omnimem_train.streaming.infer import answer_question
     from omnimem_train.streaming.inputs import media_input
 
@@ -81,12 +79,9 @@ def cmd_infer(args) -> int:
     if video is None and audio is None and context is None:
         video = _demo_clip(run_dir)
         print(f"note: no --video/--audio/--context given; streaming the generated demo clip {video}", file=sys.stderr)
-    torch.manual_seed(cfg.seed)
-    adapter = load_adapter(cfg.model_name_or_path, cfg.dtype, cfg.device, cfg.attn_implementation,
-                           cfg.trust_remote_code)
-    engine = StreamingEngine.from_config(adapter, cfg.memory)
+    engine = load_engine(cfg)
     policy = engine.policy
-    media, est_tokens = media_input(adapter, cfg.media, video, audio, context)
+    media, est_tokens = media_input(engine.adapter, cfg.media, video, audio, context)
     save_config(cfg, run_dir)
     print(f"Q: {args.question}" + "".join(f"\n   {chr(65 + i)}. {o}" for i, o in enumerate(args.options or [])),
           flush=True)
@@ -112,7 +107,7 @@ def cmd_infer(args) -> int:
         bar.close()
     if args.options:
         scores = ", ".join(f"{chr(65 + i)} {s:.2f}" for i, s in enumerate(result.option_scores))
-        print(f"A: {result.answer}   (log-likelihood: {scores})")
+        print(f"A: {result.text}   (log-likelihood: {scores})")
     else:
         print("" if bar.disable else "A: (empty answer)")
     print(result.report.line() + f"; streamed in {result.stream_seconds:.2f} s")

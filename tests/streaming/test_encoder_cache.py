@@ -15,8 +15,9 @@ from omnimem_train.memory.policies.full import FullMemory
 from omnimem_train.models.base import MediaInput, Modality, StreamPiece
 from omnimem_train.models.builtin import build_tiny_model
 from omnimem_train.models.text_lm import TextLMAdapter
+from omnimem_train.streaming.encoder_cache import EncoderCache, with_audio
+from omnimem_train.streaming.engine import StreamingEngine
 from omnimem_train.train import objective as objective_module
-from omnimem_train.train.encoder_cache import EncoderCache, with_audio
 from omnimem_train.train.objective import StreamingObjective
 from omnimem_train.train.run import build_objective
 from omnimem_train.train.trainer import collate
@@ -48,7 +49,7 @@ def lora_cached(tiny_manifest):
 
 def test_cache_gives_the_uncached_loss_and_gradients_and_skips_decoding(lora_cached, tiny_manifest, monkeypatch):
     objective, adapter = lora_cached
-    assert isinstance(objective.cache, EncoderCache) and not objective.full_context
+    assert isinstance(objective.cache, EncoderCache) and objective.engine is not None
     for name, p in objective.inner.named_parameters():  # LoRA B starts at 0: give A a gradient too
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(1))
@@ -227,14 +228,13 @@ def test_with_audio_replaces_audio_rows_in_stream_order():
 def test_full_context_objective_equals_streaming_objective(tiny_manifest, cached):
     extra = ["compression=none", "finetuning_type=full"] + (["cache_encoder_outputs=true"] if cached else [])
     objective, adapter = _objective(tiny_manifest, *extra)
-    assert objective.full_context and isinstance(objective.engine.policy, FullMemory)
+    assert objective.engine is None  # compression: none trains through the packed full-context loss
     examples = _examples(tiny_manifest, n=3)
     objective.zero_grad()
     batched = objective(examples)
     batched.backward()
     g_batched = adapter.model.get_parameter("model.language_model.layers.2.self_attn.q_proj.weight").grad.clone()
-    objective.full_context = False
-    objective.engine.group_size = 16  # really streaming, group by group
+    objective.engine = StreamingEngine(adapter, FullMemory(), group_size=16)  # really streaming, group by group
     objective.zero_grad()
     streamed = objective(examples)
     streamed.backward()
@@ -258,8 +258,7 @@ def test_full_context_objective_packs_questions_about_one_clip_into_one_row(tiny
     finally:
         del adapter.decoder_hidden
     assert rows == [2] and len(objective.last_reports) == 4  # two streams for four questions
-    objective.full_context = False
-    objective.engine.group_size = 16
+    objective.engine = StreamingEngine(adapter, FullMemory(), group_size=16)
     streamed = objective(batch)
     assert abs(packed.item() - streamed.item()) <= 1e-5, (packed.item(), streamed.item())
 
@@ -268,7 +267,7 @@ def test_streaming_objective_prefills_a_clip_once_for_all_its_questions(tiny_man
     """Compressed streaming (budget 20 < the stream): questions about one clip share one prefill and
     get the losses and gradients they get one by one."""
     objective, adapter = _objective(tiny_manifest, "finetuning_type=full")
-    assert not objective.full_context and objective.engine.policy is not None
+    assert objective.engine.policy is not None
     first, second = _examples(tiny_manifest, n=2)
     batch = [first, second, replace(first, question="What was shown last?", options=["a", "b"], answer="B. b")]
     prefills = []

@@ -1,0 +1,1 @@
+"""The `omnimem-train` subcommands: argument parsing and printing around the library."""
