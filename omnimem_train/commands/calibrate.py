@@ -63,11 +63,16 @@ def format_table(stats, scores, layers) -> str:
 def cmd_calibrate(args) -> int:
     from omnimem_train.config import load_config, save_config
     from omnimem_train.models.load import load_configured_adapter
+    from omnimem_train.utils.paths import check_writable_dir
 
     cfg = load_config(args.recipe, args.overrides)
     run_dir = Path(cfg.output_dir)
     output = Path(cfg.calibration.output) if cfg.calibration.output else run_dir / "budgets.json"
-    _check_total(cfg)  # before loading the model: fail fast
+    # before loading the model: fail fast
+    check_writable_dir(run_dir)
+    if cfg.calibration.output:
+        check_writable_dir(output.parent, "calibration.output")
+    _check_total(cfg)
     adapter = load_configured_adapter(cfg)
     n_layers = len(adapter.decoder_layers)
     total = _total(cfg, n_layers)

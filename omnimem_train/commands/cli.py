@@ -12,7 +12,8 @@
 
 With no --video/--audio/--context, `infer` runs the embedded default: it writes a short
 synthetic clip (real H.264 + AAC mp4) into the run folder and streams it through the model.
-User-input problems print `error: <one line>` and exit with status 2.
+User-input problems, and a write that finds the disk full, print `error: <one line>` and exit with
+status 2; Ctrl-C prints `interrupted` and exits with status 130.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from omnimem_train.commands.eval import add_parser as add_eval_parser
 from omnimem_train.commands.export import add_parser as add_export_parser
 from omnimem_train.commands.pipeline import add_parser as add_pipeline_parser
 from omnimem_train.commands.prep import add_parser as add_prep_parser
-from omnimem_train.errors import ConfigError, OmniMemError
+from omnimem_train.errors import ConfigError, OmniMemError, disk_problem
 
 DEFAULT_QUESTION = "What happens in this video?"
 
@@ -62,16 +63,33 @@ def _demo_clip(run_dir: Path) -> str:
     return str(path)
 
 
+def _check_question(question: str, options: list[str] | None) -> None:
+    from omnimem_train.models.prompt import LETTERS
+
+    if not question.strip():
+        raise ConfigError("--question: empty; give the question to answer")
+    if options and len(options) > len(LETTERS):
+        raise ConfigError(f"--options: {len(options)} options, at most {len(LETTERS)} (A-{LETTERS[-1]})")
+    for i, option in enumerate(options or [], start=1):
+        if not option.strip():
+            raise ConfigError(f"--options: option {i} is empty")
+
+
 def cmd_infer(args) -> int:
     from tqdm import tqdm
 
     from omnimem_train.config import load_serving_config, save_config
+    from omnimem_train.memory.registry import check_memory
     from omnimem_train.serving import load_engine
     from omnimem_train.streaming.infer import answer_question
     from omnimem_train.streaming.inputs import media_input
+    from omnimem_train.utils.paths import check_writable_dir
 
+    _check_question(args.question, args.options)
     # The model's own memory settings (omnimem_memory.json) sit below the recipe and the command line.
     cfg, note = load_serving_config(args.recipe, _overrides_from_flags(args) + args.overrides)
+    check_writable_dir(cfg.output_dir)
+    check_memory(cfg.memory)
     if note:
         print(f"note: {note}", file=sys.stderr)
     run_dir = Path(cfg.output_dir)
@@ -122,7 +140,7 @@ def cmd_train(args) -> int:
     from omnimem_train.train.run import run_training
 
     cfg = load_config(args.recipe, args.overrides)
-    trainer = run_training(cfg)
+    trainer = run_training(cfg, overwrite=args.overwrite)
     if trainer.is_world_process_zero():
         print(f"saved: {cfg.output_dir} (metrics: {cfg.output_dir}/metrics.jsonl)")
     shutdown_distributed()
@@ -158,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="budget-aware fine-tuning through the streaming forward (LoRA or full)")
     p.add_argument("recipe", nargs="?", help="recipe YAML (e.g. recipes/train/tiny_cpu.yaml)")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. learning_rate=1e-4)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an earlier run in output_dir first (only a folder omnimem-train marked as a run); "
+                        "without it such a folder is refused, unless resume_from_checkpoint continues it")
     p.set_defaults(func=cmd_train)
     add_pipeline_parser(sub)
     add_export_parser(sub)
@@ -181,6 +202,24 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except OmniMemError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        full = disk_problem(e)
+        if full is None:
+            raise
+        problem, path = full
+        print(f"error: {path}: {problem}" if path else f"error: {problem}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     _quiet_libraries()
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -201,11 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         moved = [o for o in args.options if o.split("=", 1)[0] in keys and "=" in o]
         args.options = [o for o in args.options if o not in moved]
         args.overrides += moved
-    try:
-        return args.func(args)
-    except OmniMemError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return args.func(args)
 
 
 if __name__ == "__main__":

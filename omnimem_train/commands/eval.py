@@ -20,11 +20,13 @@ def cmd_eval(args) -> int:
 
     from omnimem_train.config import load_serving_config
     from omnimem_train.eval.grid import format_table, run_eval
+    from omnimem_train.utils.paths import check_writable_dir
 
     flags = [f"model_name_or_path={args.model}"] if getattr(args, "model", None) else []
     # Cells set scorer and budget; the rest of memory.* (group_size, lam, rho, ...) comes from the
     # model's omnimem_memory.json unless the recipe or the command line sets it.
     cfg, note = load_serving_config(args.recipe, flags + args.overrides)
+    check_writable_dir(cfg.output_dir)
     if note:
         print(f"note: {note}", file=sys.stderr)
     summary = run_eval(cfg)

@@ -35,7 +35,8 @@ def add_parser(sub) -> None:
     p.add_argument("src", help="training run folder (output_dir) or one of its checkpoint-N folders")
     p.add_argument("--output", help="output folder (default: <run>/merged, or <run>/merged-checkpoint-N)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing output (only after the new export is verified)")
+                   help="replace an earlier export at --output (a folder holding omnimem_export.json; any "
+                        "other folder is refused), only after the new export is verified")
     p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
     p.add_argument("--thinker-only", action="store_true",
                    help="full Qwen2.5-Omni base: write only the merged thinker (no talker/token2wav)")

@@ -208,7 +208,7 @@ def _train_stage(cfg, label: str, say, stale: bool = False) -> float:
         say(f"{label}: reusing {cfg.output_dir} (finished with the same config)")
     else:
         say(f"{label}: training -> {cfg.output_dir}")
-        run_training(cfg)
+        run_training(cfg, overwrite=True)  # a stale run of this stage: it is trained again
     return round(time.perf_counter() - t0, 1)
 
 
@@ -223,6 +223,7 @@ def run_pipeline(pcfg: PipelineConfig, out=None) -> dict:
     tb, times, t_all = pcfg.testbed, {}, time.perf_counter()
 
     tunes = [name for name in ("tune", "control") if getattr(pcfg, name).recipe]
+    _check_folders(pcfg, train_cfg, eval_cfg, tunes)
     n = 3 + len(tunes)
     t0 = time.perf_counter()
     say(f"[1/{n}] testbed: {tb.train} train / {tb.val} val / {tb.test} test clips of {tb.seconds:g} s -> {tb.out}")
@@ -265,6 +266,25 @@ def run_pipeline(pcfg: PipelineConfig, out=None) -> dict:
     return {**summary, "times": times}
 
 
+def _check_folders(pcfg: PipelineConfig, train_cfg, eval_cfg, tunes: list[str]) -> None:
+    """Every folder a stage writes into can be written: checked before the testbed is generated or
+    any model is loaded, so a bad output_dir of a late stage costs no earlier stage's time."""
+    from omnimem_train.utils.paths import check_writable_dir
+
+    check_writable_dir(pcfg.testbed.out, "testbed.out")
+    stages = []
+    if not pcfg.uses_shipped_base:
+        first = curriculum_config(pcfg)
+        stages += [("curriculum", first)] if first is not None else []
+        stages.append(("train", train_cfg))
+    stages.append(("eval", eval_cfg))
+    for name in tunes:
+        tune_cfg, tuned_eval = tune_configs(pcfg, train_cfg, eval_cfg, name)
+        stages += [(name, tune_cfg), (f"{name} evaluation", tuned_eval)]
+    for name, cfg in stages:
+        check_writable_dir(cfg.output_dir, f"output_dir ({name} stage)")
+
+
 def _tune_export_eval(pcfg: PipelineConfig, train_cfg, eval_cfg, say, step: str, section: str) -> dict:
     """Budget-aware LoRA (or the control run) on the base, export (merge + verify), evaluate the export."""
     from omnimem_train.eval.grid import run_eval
@@ -284,7 +304,7 @@ def _tune_export_eval(pcfg: PipelineConfig, train_cfg, eval_cfg, say, step: str,
         say(f"{step} {section}: reusing {tune_cfg.output_dir} and its export {merged}")
     else:
         say(f"{step} {section}: LoRA on the base model ({_describe_training(tune_cfg)}) -> {tune_cfg.output_dir}")
-        run_training(tune_cfg)
+        run_training(tune_cfg, overwrite=True)
         export_run(tune_cfg.output_dir, merged, overwrite=True, log=say)
     say(f"      evaluating the exported model -> {tuned_eval.output_dir}")
     return run_eval(tuned_eval)

@@ -18,6 +18,8 @@ Every problem with the input raises `ConfigError` with a one-line message that n
 value came from (the recipe file or the override) and the dotted key, e.g.
 `recipes/x.yaml: unknown key 'memory.scorr' (did you mean 'memory.scorer'?)` or
 `override 'memory.budget=abc': key 'memory.budget': expected int or null, got 'abc'`.
+Checks made after loading (the scorer exists, the budget file is there) name the source the same
+way: every section built here records where its fields were set (`schema.source_of`).
 """
 
 import dataclasses
@@ -33,7 +35,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
-from omnimem_train.config.schema import Config, FieldValueError
+from omnimem_train.config.schema import SOURCES, Config, FieldValueError
 from omnimem_train.config.served import model_memory_layer
 from omnimem_train.errors import ConfigError, first_line
 from omnimem_train.utils.atomic import atomic_write_text
@@ -142,7 +144,9 @@ def _build(schema: type, layers: Iterable[tuple[str, dict[str, Any]]]) -> tuple[
         cfg = _merge(cfg, data, schema, source)
         merged.append((source, data))
     keys = [(source, _dotted_keys(data)) for source, data in merged]
-    return _to_object(cfg, "", keys, schema), merged
+    obj = _to_object(cfg, "", keys, schema)
+    _note_sources(obj, "", keys)
+    return obj, merged
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,6 +186,9 @@ def _parse_override(item: Any, source: str, schema: type) -> dict[str, Any]:
     if not key:
         raise ConfigError(f"{source}: missing key before '='")
     tp = _type_at(schema, key)
+    if raw.strip() == "" and tp is not None and not _is_str_type(tp):  # YAML would read it as null
+        hint = f" (write {key}=null for null)" if _is_optional(tp) else ""
+        raise ConfigError(f"{source}: key '{key}': expected {_describe(tp)}, got an empty value{hint}")
     if _is_str_type(tp):  # keep the text as typed: media.audio=off must not become False
         value = None if raw in ("null", "~") and _is_optional(tp) else raw
         data: dict[str, Any] = {}
@@ -280,11 +287,30 @@ def _to_object(node: DictConfig, prefix: str, layers: list[_Layer], root: type) 
 
 def _source_of(keys: list[str], layers: list[_Layer], root: type) -> str:
     """The last source that set any of `keys` (or a section above them)."""
+    return _setter(keys, layers) or (layers[-1][0] if layers else f"{root.__name__} defaults")
+
+
+def _setter(keys: list[str], layers: list[_Layer]) -> str | None:
+    """The last source that set any of `keys` (or a section above them); None when none did."""
     for source, set_keys in reversed(layers):
         for key in keys:
             if any(key == s or key.startswith(s + ".") or s.startswith(key + ".") for s in set_keys):
                 return source
-    return layers[-1][0] if layers else f"{root.__name__} defaults"
+    return None
+
+
+def _note_sources(obj: Any, prefix: str, layers: list[_Layer]) -> None:
+    """Record on `obj` and on each section in it `SOURCE: key 'dotted.key'` for every field a source
+    set (`schema.source_of` reads it), so a check made after loading (the scorer exists, the budget
+    file is there) names the recipe, override or settings file the value came from."""
+    sources = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            _note_sources(value, f"{prefix}{f.name}.", layers)
+        elif (source := _setter([prefix + f.name], layers)) is not None:
+            sources[f.name] = f"{source}: key '{prefix}{f.name}'"
+    object.__setattr__(obj, SOURCES, sources)
 
 
 # ---------------------------------------------------------------------------------------------

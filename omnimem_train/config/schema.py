@@ -11,8 +11,10 @@ are invalid, one check line in that class's `__post_init__`: `_int(self, "lora_r
 `_number(...)`, `_choice(...)`, or `_require(ok, name, value, expected)` for anything else.
 """
 
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -35,6 +37,10 @@ TRAIN_ENCODERS = ("none", "audio", "vision", "all")
 #                         from earlier in the prompt (benchmarks/temporal_readout.py, docs/testbed.md).
 ANSWER_FORMATS = ("letter", "option", "cloze", "completion")
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
+DEEPSPEED_CONFIGS = ("zero2", "zero3")  # the shipped recipes/deepspeed/<name>.json
+# The attribute `load.load_config` sets on each section it builds: {field: "SOURCE: key 'dotted.key'"}
+# for the fields a recipe, override or settings file set (`source_of`).
+SOURCES = "_sources"
 
 
 class FieldValueError(ValueError):
@@ -52,6 +58,13 @@ class FieldValueError(ValueError):
 def _require(ok: bool, name: str, value: Any, expected: str, related: tuple[str, ...] = ()) -> None:
     if not ok:
         raise FieldValueError(name, value, expected, related)
+
+
+def source_of(section: Any, name: str, key: str) -> str:
+    """How a message about `section.<name>` (dotted `key`) starts when it is checked after loading:
+    `SOURCE: key 'KEY'`, naming the recipe, `override 'key=value'` or settings file the loader took
+    the value from, or just `KEY` for a section the loader did not build or a default value."""
+    return getattr(section, SOURCES, {}).get(name, key)
 
 
 # One-line checks for `__post_init__`: `_int(self, "group_size", ge=1)` reads the field by name.
@@ -82,6 +95,11 @@ def _choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
 def _text(obj: Any, name: str, what: str) -> None:
     value = getattr(obj, name)
     _require(isinstance(value, str) and value.strip() != "", name, value, what)
+
+
+def _names_a_file(text: str) -> bool:
+    """`text` is written as a path (a folder part or a .json suffix) or is an existing file."""
+    return "/" in text or os.sep in text or text.lower().endswith(".json") or Path(text).expanduser().is_file()
 
 
 def _bool(obj: Any, name: str) -> None:
@@ -173,6 +191,8 @@ class MemoryConfig:
     def __post_init__(self) -> None:
         _text(self, "scorer", "a scorer name")  # the memory registry checks that it exists
         _int(self, "budget", ge=0, optional=True)
+        _require(self.budget_file is None or (isinstance(self.budget_file, str) and self.budget_file.strip() != ""),
+                 "budget_file", self.budget_file, "a budget JSON path or null")
         _require(self.compression_ratio is None or 0 <= self.compression_ratio < 1, "compression_ratio",
                  self.compression_ratio, "a fraction in [0, 1)")
         _require(self.budget_fraction is None or (isinstance(self.budget_fraction, (int, float))
@@ -341,6 +361,23 @@ class EvalConfig:
                  and 0 < self.fraction <= 1, "fraction", self.fraction, "a fraction in (0, 1]")
 
 
+BAD_SAMPLE_ACTIONS = ("error", "skip")
+
+
+@dataclass
+class DataConfig:
+    on_bad_sample: str = field(
+        default="error",
+        metadata={"help": "a train/eval sample whose media do not open, lack a stream they are read for, or do "
+                          "not decode at both ends (every sample is checked before the model loads): error (stop, "
+                          "naming the manifest line) | skip (drop it; <output_dir>/skipped.jsonl lists each "
+                          "skipped line and why)"},
+    )
+
+    def __post_init__(self) -> None:
+        _choice(self, "on_bad_sample", BAD_SAMPLE_ACTIONS)
+
+
 @dataclass
 class Config:
     model_name_or_path: str = field(
@@ -374,6 +411,9 @@ class Config:
     eval: EvalConfig = field(
         default_factory=EvalConfig,
         metadata={"help": "evaluation grid (`omnimem-train eval`): scorers x budgets x allocations"},
+    )
+    data: DataConfig = field(
+        default_factory=DataConfig, metadata={"help": "checks of the train/eval samples' media"}
     )
     # --- training (`omnimem-train train`; LLaMA-Factory key names) ---------------------------
     dataset: str | None = field(default=None, metadata={"help": "training manifest (JSONL, see omnimem_train/data)"})
@@ -419,7 +459,9 @@ class Config:
                           "shuffled per epoch) so a batch holds a clip's questions together; compression: none "
                           "then runs the clip once for all of them"},
     )
-    deepspeed: str | None = field(default=None, metadata={"help": "zero2 | zero3 | path to a DeepSpeed JSON"})
+    deepspeed: str | None = field(
+        default=None, metadata={"help": " | ".join(DEEPSPEED_CONFIGS) + " | path to a DeepSpeed JSON"}
+    )
     per_device_train_batch_size: int = field(default=1, metadata={"help": "samples per device per step"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "steps accumulated per update"})
     learning_rate: float = field(default=1e-4, metadata={"help": "peak learning rate"})
@@ -458,6 +500,10 @@ class Config:
         _require(not rng or (self.compression == "streaming" and self.memory.budget_fraction is not None),
                  "train_budget_fractions", rng, "used with compression: streaming and a memory.budget_fraction "
                  "(the budget the model is served at)", related=("memory.budget_fraction",))
+        ds = self.deepspeed
+        _require(ds is None or (isinstance(ds, str) and (ds.strip().lower() in ("", "none", *DEEPSPEED_CONFIGS)
+                                                         or _names_a_file(ds))),
+                 "deepspeed", ds, " | ".join(DEEPSPEED_CONFIGS) + " | none | a path to a DeepSpeed JSON file")
         _choice(self, "finetuning_type", ("lora", "full"))
         _int(self, "lora_rank", ge=1)
         _number(self, "lora_alpha", gt=0)

@@ -38,8 +38,10 @@ def read_memory_settings(path: str | Path) -> dict:
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({first_line(exc)})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object of memory settings, got {type(data).__name__}")
     return data

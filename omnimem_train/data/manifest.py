@@ -55,7 +55,8 @@ _OPTIONAL = {"audio", "media", "events"}
 
 @dataclass
 class Sample:
-    """One manifest line. `video`/`audio` are path strings (absolute after `read_manifest`) or None."""
+    """One manifest line. `video`/`audio` are path strings (absolute after `read_manifest`) or None;
+    `line` is its 1-based line in the manifest `read_manifest` read it from (None otherwise)."""
 
     id: str
     video: str | None
@@ -69,6 +70,8 @@ class Sample:
     media: dict | None = None
     events: list | None = None
     extra: dict = field(default_factory=dict)
+    # Not a manifest field: `to_dict` never writes it, and samples compare equal whatever it holds.
+    line: int | None = field(default=None, compare=False)
 
     @property
     def is_multiple_choice(self) -> bool:
@@ -246,6 +249,7 @@ def read_manifest(path: str | Path, split: str | None = None, check_media: bool 
             if sample.id in seen:
                 raise ConfigError(f"{where}: id: duplicate of line {seen[sample.id]} ({sample.id!r})")
             seen[sample.id] = line_no
+            sample.line = line_no
             if check_media:
                 for key in ("video", "audio"):
                     p = getattr(sample, key)

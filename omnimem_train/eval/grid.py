@@ -13,6 +13,8 @@ Layout of `<output_dir>` after `run_eval(cfg)`:
     cells/<cell>/metrics.json        accuracy, 95% Wilson CI, per question type, retained bytes,
                                      samples/s (`metrics.compute_metrics`) + the cell's identity
     summary.json                     every cell's metrics, in grid order, and the paired comparisons
+    skipped.jsonl                    (data.on_bad_sample: skip) the samples left out of every cell
+                                     because their media do not decode (`data.probe`)
     summary.md                       the table and the paired comparisons as Markdown
     accuracy_vs_budget.png           accuracy vs budget, one line per scorer and allocation
 
@@ -38,6 +40,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
@@ -181,15 +184,18 @@ def cell_dir(cfg, cell: Cell) -> Path:
     return Path(cfg.output_dir) / CELLS_DIR / cell.name
 
 
-def is_finished(cfg, cell: Cell) -> bool:
+def is_finished(cfg, cell: Cell, ids: list[str] | None = None) -> bool:
+    """Whether `cell` is finished (see the module docstring) and, given `ids`, predicted exactly
+    these samples, in this order."""
     d = cell_dir(cfg, cell)
     if not is_finished_run(cell_config(cfg, cell), d, [PREDICTIONS, METRICS], ignore=["output_dir"]):
         return False
     try:
         recorded = json.loads((d / METRICS).read_text(encoding="utf-8")).get("input_files")
-    except (OSError, ValueError, AttributeError):
+        predicted = [r["id"] for r in read_predictions(d / PREDICTIONS)] if ids is not None else None
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return False
-    return recorded == input_files(cfg, cell)
+    return recorded == input_files(cfg, cell) and predicted == ids
 
 
 def read_cells(output_dir: str | Path) -> dict[str, list[dict]]:
@@ -347,25 +353,33 @@ def comparison_pairs(rows: list[dict]) -> list[tuple[str, str]]:
 def run_eval(cfg, out: TextIO | None = None, err: TextIO | None = None) -> dict:
     """Run every unfinished cell of `cfg.eval`'s grid (model loaded once, only if needed; the
     calibrated profile measured first when a calibrated cell needs it), then write summary.json,
-    summary.md and the plot. Returns the summary: {"model", "manifest", "split", "samples",
-    "cells": [metrics of every cell, grid order], "comparisons": [paired rows], "summary", "plot",
-    "predictions": {cell name: its prediction records}} (predictions are not written to summary.json)."""
+    summary.md and the plot. Every cell evaluates the same samples: the selected ones whose media
+    pass `media.decode.check_sources`, checked before the model loads (`data.on_bad_sample`).
+    Returns the summary: {"model", "manifest", "split", "samples", "skipped", "cells": [metrics of
+    every cell, grid order], "comparisons": [paired rows], "summary", "plot", "predictions": {cell
+    name: its prediction records}} (predictions are not written to summary.json)."""
     from omnimem_train.config import save_config
+    from omnimem_train.data.probe import probe_samples
     from omnimem_train.eval.paired import compare_cells, format_comparisons
     from omnimem_train.eval.plots import plot_accuracy_vs_budget
+    from omnimem_train.media.decode import check_sources
 
     out = out or sys.stdout
     err = err or sys.stderr
     check_scorers(cfg.eval.scorers)
     check_scorers(cfg.eval.per_head_scorers, per_head=True)
-    samples = select_samples(cfg.eval, err)
+    selected = select_samples(cfg.eval, err)
     cells = grid_cells(cfg.eval)
     if any(c.allocation == "calibrated" for c in cells) and cfg.eval.calibration_profile is None:
         calibration_inputs(cfg.eval)  # fail before any model is loaded when the train split is missing
+    # Every cell runs on the same samples, those whose media are readable (data.on_bad_sample).
+    samples = probe_samples(selected, cfg.eval.manifest, partial(check_sources, audio_mode=cfg.media.audio),
+                            cfg.data.on_bad_sample, cfg.output_dir, err)
+    ids = [s.id for s in samples]
     run_dir = Path(cfg.output_dir)
     todo = []
     for cell in cells:
-        if is_finished(cfg, cell):
+        if is_finished(cfg, cell, ids):
             print(f"skip {cell.name} (finished: {cell_dir(cfg, cell) / METRICS})", file=out, flush=True)
         else:
             todo.append(cell)
@@ -391,7 +405,8 @@ def run_eval(cfg, out: TextIO | None = None, err: TextIO | None = None) -> dict:
     predictions = {c.name: read_predictions(cell_dir(cfg, c) / PREDICTIONS) for c in cells}
     comparisons = compare_cells(predictions, comparison_pairs(rows), seed=cfg.seed)
     summary = {"model": cfg.model_name_or_path, "manifest": cfg.eval.manifest, "split": cfg.eval.split,
-               "samples": len(samples), "cells": rows, "comparisons": comparisons}
+               "samples": len(samples), "skipped": len(selected) - len(samples), "cells": rows,
+               "comparisons": comparisons}
     summary_path, plot_path = run_dir / SUMMARY, run_dir / PLOT
     changed = _write_if_changed(summary_path, _json(summary))
     markdown = format_markdown(rows)

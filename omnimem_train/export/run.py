@@ -28,12 +28,11 @@ from omnimem_train.export.omni import (
     restore_part_dtypes,
     stored_dtypes,
 )
-from omnimem_train.export.publish import check_output, staged_folder
+from omnimem_train.export.publish import EXPORT_FILE, check_output, staged_folder
 from omnimem_train.export.source import TrainedSource, default_output, find_source, tensor_shapes
 from omnimem_train.export.verify import max_abs_diff, probe_logits
 from omnimem_train.utils.atomic import atomic_write_text
 
-EXPORT_FILE = "omnimem_export.json"
 # Copied from the base folder when present (the tokenizer is re-saved, not copied).
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json",
                    "chat_template.json")
@@ -56,7 +55,7 @@ def export_run(src: str | Path, output: str | Path | None = None, *, overwrite: 
         log("note:   --thinker-only changes nothing: the base is not a full Qwen2.5-Omni model")
     log(f"source: {source.describe()}")
     log(f"base:   {source.base} ({'thinker + talker + token2wav' if full_omni else model_type(base_dir) or 'model'})")
-    with staged_folder(out, overwrite) as tmp:
+    with staged_folder(out, overwrite, log) as tmp:
         record = _build(source, base_dir, tmp, full_omni, max_shard_size, trust_remote_code, atol, log)
         atomic_write_text(tmp / EXPORT_FILE, json.dumps(record, indent=2) + "\n")  # written last: "complete"
     log(f"saved:  {out} ({record['method']}; {', '.join(sorted(p.name for p in out.iterdir()))})")

@@ -20,6 +20,7 @@ import yaml
 
 from omnimem_train.config.served import MEMORY_FILE, read_memory_settings
 from omnimem_train.errors import ConfigError, ModelError, first_line
+from omnimem_train.models.load import tensor_shapes
 
 RUN_CONFIG = "config.yaml"
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -192,17 +193,6 @@ def find_zero_dir(folder: Path) -> Path | None:
             return folder / tag
     steps = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _GLOBAL_STEP.match(p.name))]
     return max(steps)[1] if steps else None
-
-
-def tensor_shapes(path: Path) -> dict[str, list[int]]:
-    """Tensor name -> shape from a safetensors header (no data read); ModelError naming a corrupt file."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception as e:  # SafetensorError (truncated, garbage), OSError: all mean "not a usable file"
-        raise ModelError(f"{path}: corrupted or unreadable safetensors file ({first_line(e)})") from e
 
 
 def _numel(shape: list[int]) -> int:

@@ -100,35 +100,101 @@ def probe(path: str | Path) -> MediaInfo:
     """
     container = _open(path)
     try:
-        video = container.streams.video[0] if container.streams.video else None
-        audio = container.streams.audio[0] if container.streams.audio else None
-        main = video or audio
-        if main is None:
-            raise MediaError(f"{path}: no audio or video stream (empty or zero-length media)")
-        try:
-            frames = container.decode(main)
-            first = next(frames, None)
-            if first is None:
-                raise MediaError(f"{path}: no decodable frames (zero duration)")
-            duration = _stream_duration(container, main)
-            if duration is None:
-                duration = _decoded_end(itertools.chain([first], frames), main)
-        except av.FFmpegError as e:
-            raise MediaError(f"{path}: cannot be decoded as media ({_one_line(e)})") from e
-        if not duration or duration <= 0:
-            raise MediaError(f"{path}: zero duration (no decodable frames)")
-        rate = (video.average_rate or video.guessed_rate) if video is not None else None
-        return MediaInfo(
-            path=str(path),
-            duration_s=duration,
-            has_video=video is not None,
-            has_audio=audio is not None,
-            fps=float(rate) if rate else None,
-            width=video.codec_context.width if video is not None else None,
-            height=video.codec_context.height if video is not None else None,
-        )
+        return _probe_open(container, path)
     finally:
         container.close()
+
+
+def _probe_open(container: av.container.InputContainer, path: str | Path) -> MediaInfo:
+    """`probe` of an open container."""
+    video = container.streams.video[0] if container.streams.video else None
+    audio = container.streams.audio[0] if container.streams.audio else None
+    main = video or audio
+    if main is None:
+        raise MediaError(f"{path}: no audio or video stream (empty or zero-length media)")
+    try:
+        frames = container.decode(main)
+        first = next(frames, None)
+        if first is None:
+            raise MediaError(f"{path}: no decodable frames (zero duration)")
+        duration = _stream_duration(container, main)
+        if duration is None:
+            duration = _decoded_end(itertools.chain([first], frames), main)
+    except av.FFmpegError as e:
+        raise MediaError(f"{path}: cannot be decoded as media ({_one_line(e)})") from e
+    if not duration or duration <= 0:
+        raise MediaError(f"{path}: zero duration (no decodable frames)")
+    rate = (video.average_rate or video.guessed_rate) if video is not None else None
+    return MediaInfo(
+        path=str(path),
+        duration_s=duration,
+        has_video=video is not None,
+        has_audio=audio is not None,
+        fps=float(rate) if rate else None,
+        width=video.codec_context.width if video is not None else None,
+        height=video.codec_context.height if video is not None else None,
+    )
+
+
+def decode_ends(path: str | Path, kinds: tuple[str, ...] = ("video", "audio"), seconds: float = 1.0) -> MediaInfo:
+    """`probe`, then decode the first and the last `seconds` of the file's first stream of each
+    type in `kinds` ("video", "audio") that it has, with one open of the file.
+
+    The end is reached by seeking (decoding resumes at the keyframe before it), so the cost does
+    not grow with the duration. MediaError naming the file when a part does not decode, or when
+    the decoded stream stops short of its declared end by more than `seconds` / 2 (a truncated
+    file). A type the file lacks is not checked: see the returned `MediaInfo`. Without any
+    duration in the headers (raw streams, which often cannot seek) `probe` has decoded the main
+    stream whole, and that is the check.
+    """
+    container = _open(path)
+    try:
+        info = _probe_open(container, path)
+        for kind in kinds:
+            streams = container.streams.video if kind == "video" else container.streams.audio
+            if streams:
+                _check_ends(container, streams[0], path, seconds)
+        return info
+    finally:
+        container.close()
+
+
+def _check_ends(container: av.container.InputContainer, stream: av.stream.Stream, path: str | Path,
+                seconds: float) -> None:
+    span = "second" if seconds == 1 else f"{seconds:g} s"
+    duration = _stream_duration(container, stream)
+    if duration is None:  # see decode_ends
+        return
+    parts = [(f"the first {span} of its {stream.type} stream", 0.0, seconds),
+             (f"the last {span} of its {stream.type} stream", max(0.0, duration - seconds), None)]
+    for what, at, until in parts:
+        try:
+            reached = _decode_span(container, stream, at, until)
+        except av.FFmpegError as e:
+            raise MediaError(f"{path}: cannot decode {what} ({_one_line(e)})") from e
+        if reached is None:
+            raise MediaError(f"{path}: cannot decode {what} (no frames)")
+        if until is None and reached < duration - seconds / 2:
+            raise MediaError(f"{path}: cannot decode {what} (decoding stops at {reached:.2f} s of "
+                             f"{duration:.2f} s: truncated?)")
+
+
+def _decode_span(container: av.container.InputContainer, stream: av.stream.Stream, at: float,
+                 until: float | None) -> float | None:
+    """Seek `stream` to `at` s from its start and decode until a frame starts at `until` s (None:
+    to the end). -> end of the last decoded frame in s from the stream start, None if none decoded."""
+    start = stream.start_time * stream.time_base if stream.start_time is not None else 0
+    container.seek(math.floor((start + at) / stream.time_base), stream=stream)
+    rate = getattr(stream, "average_rate", None) or getattr(stream, "guessed_rate", None)
+    reached = None
+    for frame in container.decode(stream):
+        # An untimed frame follows the previous one.
+        t = frame.time - float(start) if frame.time is not None else at if reached is None else reached
+        length = frame.samples / frame.sample_rate if stream.type == "audio" else 1 / float(rate) if rate else 0.0
+        reached = t + length if reached is None else max(reached, t + length)
+        if until is not None and t >= until:
+            break
+    return reached
 
 
 def frame_size_for(info: MediaInfo, max_pixels: int, min_pixels: int, factor: int = 28) -> tuple[int, int]:
@@ -400,3 +466,31 @@ def resolve_audio_source(video_path: str | Path, audio_path: str | Path | None, 
     warnings.warn(f"{video_path}: no audio track; falling back to video-only", MediaWarning, stacklevel=2)
     return None
 
+
+def check_sources(video: str | Path | None, audio: str | Path | None, audio_mode: str, seconds: float = 1.0) -> None:
+    """Check, without decoding them whole, the files a stream of (`video`, `audio`) reads under
+    media.audio=`audio_mode`: each opens, has the streams it is read for (a video stream; the audio
+    track `resolve_audio_source` picks, if any) and decodes at both ends (`decode_ends`).
+
+    Without a video, `audio` alone is read, whatever the mode. MediaError "video: <problem>" or
+    "audio: <problem>", naming the argument whose file fails.
+    """
+    if audio_mode not in AUDIO_MODES:
+        raise ConfigError(f"media.audio: unknown mode {audio_mode!r}; expected one of {', '.join(AUDIO_MODES)}")
+    own_track = video is not None and audio is None and audio_mode != "off"
+    checks = []
+    if video is not None:
+        checks.append(("video", video, ("video", "audio") if own_track else ("video",)))
+    if audio is not None and (video is None or audio_mode != "off"):
+        checks.append(("audio", audio, ("audio",)))
+    for field, path, kinds in checks:
+        try:
+            info = decode_ends(path, kinds, seconds)
+            if field == "video" and not info.has_video:
+                raise MediaError(f"{path}: not a video file (no video stream)")
+            if field == "audio" and not info.has_audio:
+                raise MediaError(f"{path}: no audio track")
+            if own_track and not info.has_audio and audio_mode == "required":
+                resolve_audio_source(video, None, audio_mode)  # its error: audio required, none found
+        except MediaError as e:
+            raise MediaError(f"{field}: {e}") from e

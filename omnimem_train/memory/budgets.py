@@ -24,7 +24,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from omnimem_train.errors import ConfigError
+from omnimem_train.config.schema import source_of
+from omnimem_train.errors import ConfigError, first_line
 from omnimem_train.models.base import Modality, StreamPiece
 
 
@@ -185,29 +186,35 @@ class Budgets:
         return sum(a + v for a, v in self.per_layer) / max(len(self.per_layer), 1)
 
 
-def read_budget_file(path: str | Path, n_layers: int) -> tuple[tuple[int, int], ...]:
+def read_budget_file(path: str | Path, n_layers: int | None, key: str = "memory.budget_file",
+                     where: str | None = None) -> tuple[tuple[int, int], ...]:
     """Validate and read a budget JSON: a list of n_layers [audio, visual] non-negative ints (or an
-    object with a "layers" list of such pairs, as calibration writes)."""
+    object with a "layers" list of such pairs, as calibration writes); n_layers None: any number.
+
+    Errors are one line `FILE: KEY: problem` (`key`: the config key that named the file); a missing
+    file starts with `where` (`schema.source_of`: the recipe or override that set the key) instead."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{path}: budget file not found")
+        raise ConfigError(f"{where or key}: {path}: budget file not found")
     try:
-        data = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from e
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: {key}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: {key}: cannot read: {first_line(e)}") from None
     layers = data.get("layers") if isinstance(data, dict) else data
     if not isinstance(layers, list):
-        raise ConfigError(f"{path}: expected a list of [audio, visual] pairs (or {{\"layers\": [...]}})")
-    if len(layers) != n_layers:
-        raise ConfigError(f"{path}: has {len(layers)} layers, the model has {n_layers}")
+        raise ConfigError(f"{path}: {key}: expected a list of [audio, visual] pairs (or {{\"layers\": [...]}})")
+    if n_layers is not None and len(layers) != n_layers:
+        raise ConfigError(f"{path}: {key}: has {len(layers)} layers, the model has {n_layers}")
     out = []
     for i, pair in enumerate(layers):
         ok = isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
                                                               for x in pair)
         if not ok:
-            raise ConfigError(f"{path}: layer {i}: expected [audio, visual] integers, got {pair!r}")
+            raise ConfigError(f"{path}: {key}: layer {i}: expected [audio, visual] integers, got {pair!r}")
         if min(pair) < 0:
-            raise ConfigError(f"{path}: layer {i}: negative budget {pair!r}")
+            raise ConfigError(f"{path}: {key}: layer {i}: negative budget {pair!r}")
         out.append((pair[0], pair[1]))
     return tuple(out)
 
@@ -215,7 +222,8 @@ def read_budget_file(path: str | Path, n_layers: int) -> tuple[tuple[int, int], 
 def budgets_from_config(cfg, n_layers: int) -> Budgets:
     """`MemoryConfig` -> Budgets (unlimited when none of budget / budget_fraction / compression_ratio /
     budget_file). A budget file together with budget or budget_fraction is the allocation profile."""
-    profile = read_budget_file(cfg.budget_file, n_layers) if cfg.budget_file is not None else None
+    where = source_of(cfg, "budget_file", "memory.budget_file")
+    profile = read_budget_file(cfg.budget_file, n_layers, where=where) if cfg.budget_file is not None else None
     if cfg.budget_fraction is not None:
         return Budgets.of_fraction(cfg.budget_fraction, n_layers, cfg.rho, profile, cfg.modality_aware)
     if cfg.budget is not None:

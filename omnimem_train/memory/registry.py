@@ -3,8 +3,9 @@ under the configured budgets."""
 
 from __future__ import annotations
 
+from omnimem_train.config.schema import source_of
 from omnimem_train.errors import ConfigError
-from omnimem_train.memory.budgets import budgets_from_config
+from omnimem_train.memory.budgets import budgets_from_config, read_budget_file
 from omnimem_train.memory.policies.frame_drop import FrameDropPolicy
 from omnimem_train.memory.policies.full import FullMemory
 from omnimem_train.memory.policies.scored import ScoredPolicy
@@ -33,17 +34,29 @@ def known_methods() -> list[str]:
     return sorted([*SPECIAL, *scorer_names()])
 
 
-def build_policy(cfg, n_layers: int) -> MemoryPolicy:
-    """cfg: `MemoryConfig`; n_layers: decoder layers (budget files are checked against it)."""
+def check_memory(cfg) -> None:
+    """The checks of `build_policy` that need no model (run them before loading one): the method
+    exists, `per_head` fits it, the budget file reads (its layer count is checked at build)."""
     if cfg.scorer not in known_methods():
-        raise ConfigError(f"memory.scorer: unknown scorer {cfg.scorer!r}; known: {', '.join(known_methods())}")
+        raise ConfigError(f"{source_of(cfg, 'scorer', 'memory.scorer')}: unknown scorer {cfg.scorer!r}; "
+                          f"known: {', '.join(known_methods())}")
     if cfg.scorer == "full":
-        return FullMemory()  # keeps everything: memory.per_head has nothing to select, so it is no error
+        return  # keeps everything: memory.per_head has nothing to select, so it is no error
     if cfg.per_head and cfg.scorer not in per_head_scorers():
         # omnimem/novelty/recency/random score stream tokens, not KV heads; frame_drop drops time
         # steps before the model: none has a per-head choice to make.
-        raise ConfigError(f"memory.per_head: {cfg.scorer!r} selects one token set for all KV heads; per-head "
-                          f"selection needs one of {', '.join(per_head_scorers())} (or memory.per_head: false)")
+        raise ConfigError(f"{source_of(cfg, 'per_head', 'memory.per_head')}: {cfg.scorer!r} selects one token "
+                          f"set for all KV heads; per-head selection needs one of {', '.join(per_head_scorers())} "
+                          "(or memory.per_head: false)")
+    if cfg.budget_file is not None:
+        read_budget_file(cfg.budget_file, None, where=source_of(cfg, "budget_file", "memory.budget_file"))
+
+
+def build_policy(cfg, n_layers: int) -> MemoryPolicy:
+    """cfg: `MemoryConfig`; n_layers: decoder layers (budget files are checked against it)."""
+    check_memory(cfg)
+    if cfg.scorer == "full":
+        return FullMemory()
     budgets = budgets_from_config(cfg, n_layers)
     if cfg.scorer == "frame_drop":
         return FrameDropPolicy(budgets)

@@ -4,8 +4,13 @@ Before any weight is touched the directory's `config.json` is checked (a JSON ob
 `model_type`, and the sub-configs and sizes the model needs: a missing one would silently become a
 7B-sized default), and its weights must be safetensors: pickled `pytorch_model.bin` files are
 refused (unpickling can run code), with the command that converts them. The built-in SmolLM2's GGUF
-file is allowed (not a pickle). Tokenizer and processor settings come from the same directory with
+file is allowed (not a pickle). Every safetensors header is read first, so a truncated or corrupt
+file fails naming it. Tokenizer and processor settings come from the same directory with
 `local_files_only=True` (no hub access). `trust_remote_code` stays off unless the caller passes it.
+
+Loading is strict: transformers' load report must show no weight of the model class left unfilled
+(it would keep its random initialisation), no checkpoint tensor left unread and no tensor of the
+wrong shape, apart from the documented allow-list below.
 """
 
 from __future__ import annotations
@@ -34,6 +39,20 @@ _TEXT_CONFIG = {"qwen2_5_omni_thinker": "text_config", "qwen2_5_omni": "thinker_
 _SIZE_KEYS = ("hidden_size", "num_hidden_layers")  # in the LLM's config (the top level for text LMs)
 _LOADER_CLASS = {"qwen2_5_omni_thinker": "Qwen2_5OmniThinkerForConditionalGeneration",
                  "qwen2_5_omni": "Qwen2_5OmniForConditionalGeneration"}
+# The allow-list of strict loading: key patterns (re.search on the names in transformers' load
+# report) that leave no weight silently wrong. Also allowed: a missing tied weight (lm_head.weight
+# where the config ties it to the input embeddings), which the model's own tied-weight map
+# (`all_tied_weights_keys`) names; it is the loaded tensor it is tied to.
+ALLOWED_MISSING = (
+    r"(^|\.)rotary_emb\.inv_freq$",  # a non-persistent buffer: computed from config.json, never saved
+)
+ALLOWED_UNEXPECTED = (
+    r"(^|\.)rotary_emb\.inv_freq$",  # saved by older transformers versions; recomputed from config.json
+)
+# The parts of a full Qwen2.5-Omni checkpoint that are not built when only the thinker is kept
+# (`enable_audio_output=False` creates no talker / token2wav): speech output, unused here. Allowed
+# as unexpected only in a model without a talker.
+UNUSED_OMNI_PARTS = r"^(talker|token2wav)\."
 
 
 def resolve_device(device: str) -> torch.device:
@@ -139,10 +158,13 @@ def _at(cfg: dict, dotted: str):
 
 
 def _check_weights(path: Path, model_type: str) -> None:
-    """Refuse folders whose weights are pickles only (no file is opened: names only)."""
+    """Refuse folders whose weights are pickles only (told by names: no pickle is opened), and
+    truncated or corrupt safetensors files (their headers are read, no tensor data)."""
     names = sorted(p.name for p in path.iterdir())
-    if any(n == "model.safetensors.index.json" or (n.startswith("model") and n.endswith(".safetensors"))
-           for n in names):
+    safetensors = [n for n in names if n.startswith("model") and n.endswith(".safetensors")]
+    for n in safetensors:
+        tensor_shapes(path / n)
+    if safetensors or "model.safetensors.index.json" in names:
         return
     pickled = [n for n in names if n.startswith("pytorch_model") and n.endswith((".bin", ".bin.index.json"))]
     if not pickled:
@@ -156,15 +178,92 @@ def _check_weights(path: Path, model_type: str) -> None:
     )
 
 
+def tensor_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape from a safetensors header (no data read); ModelError naming a corrupt file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # SafetensorError (truncated, garbage), OSError: all mean "not a usable file"
+        raise ModelError(f"{path}: corrupted or unreadable safetensors file ({first_line(e)})") from e
+
+
+def _strict_from_pretrained(from_pretrained, source: str, **kw):
+    """`from_pretrained(source, **kw)` (offline) that raises ModelError naming `source` and the first
+    keys when the load report shows a missing, unexpected or wrongly shaped tensor (the allow-list aside)."""
+    try:
+        model, info = from_pretrained(source, local_files_only=True, output_loading_info=True, **kw)
+    except RuntimeError as e:  # a shape mismatch raises without naming the keys (they are in the report)
+        model, info = _failed_load(e)
+        if not info or not info["mismatched_keys"]:
+            raise
+    problems = _load_problems(model, info)
+    if problems:
+        raise ModelError(f"{source}: weights: {'; '.join(problems)}")
+    return model
+
+
+def _failed_load(e: RuntimeError) -> tuple:
+    """(model, load report as a dict) held by the transformers frame that raised `e` (its load report
+    function raises on a shape mismatch with `ignore_mismatched_sizes` off); (None, None) elsewhere."""
+    from transformers.utils.loading_report import LoadStateDictInfo
+
+    tb = e.__traceback__
+    while tb is not None:
+        info = tb.tb_frame.f_locals.get("loading_info")
+        if isinstance(info, LoadStateDictInfo):
+            return tb.tb_frame.f_locals.get("model"), info.to_dict()
+        tb = tb.tb_next
+    return None, None
+
+
+def _load_problems(model, info: dict) -> list[str]:
+    """What the load report `info` shows wrong beyond the allow-list, one phrase per kind."""
+    tied = set(getattr(model, "all_tied_weights_keys", None) or ())
+    unexpected_ok = ALLOWED_UNEXPECTED + (() if getattr(model, "has_talker", False) else (UNUSED_OMNI_PARTS,))
+    missing = sorted(k for k in info["missing_keys"]
+                     if k not in tied and not any(re.search(p, k) for p in ALLOWED_MISSING))
+    unexpected = sorted(k for k in info["unexpected_keys"] if not any(re.search(p, k) for p in unexpected_ok))
+    mismatched = sorted(info["mismatched_keys"])
+    problems = []
+    if missing:
+        problems.append(f"{_count(missing, 'missing tensor')} ({_first(missing)})")
+    if unexpected:
+        problems.append(f"{_count(unexpected, 'unexpected tensor')} ({_first(unexpected)})")
+    if mismatched:
+        key, saved, expected = mismatched[0]
+        more = ", ..." if len(mismatched) > 1 else ""
+        problems.append(f"{_count(mismatched, 'tensor')} of the wrong shape ({key}: {tuple(saved)} in the "
+                        f"checkpoint, {tuple(expected)} in the model{more})")
+    return problems
+
+
+def _count(items: list, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
+def _first(keys: list[str], n: int = 3) -> str:
+    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
+
+
 def load_full_omni(model_dir: str | Path, trust_remote_code: bool = False, **kw):
     """(Qwen2_5OmniForConditionalGeneration in eval mode on CPU, Qwen2_5OmniAdapter on its thinker) from a
-    full checkpoint folder (thinker + talker + token2wav); fp32 with sdpa unless `kw` says otherwise."""
-    from transformers import Qwen2_5OmniForConditionalGeneration
+    full checkpoint folder (thinker + talker + token2wav); fp32 with sdpa unless `kw` says otherwise.
+    With `enable_audio_output=False` only the thinker is built, and `spk_dict.pt` is not needed."""
+    from transformers import Qwen2_5OmniForConditionalGeneration as Full
 
     kw = {"dtype": torch.float32, "attn_implementation": "sdpa", "use_safetensors": True, **kw}
     try:
-        full = Qwen2_5OmniForConditionalGeneration.from_pretrained(
-            str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code, **kw)
+        # The class's own from_pretrained (the generic one, then loading the talker's voices) fails when
+        # asked for the load report, so the generic one is called and the voices are loaded here.
+        full = _strict_from_pretrained(super(Full, Full).from_pretrained, str(model_dir),
+                                       trust_remote_code=trust_remote_code, **kw)
+        if full.has_talker:
+            speakers = Path(model_dir) / "spk_dict.pt"
+            if not speakers.is_file():
+                raise ModelError(f"{speakers}: missing (the talker's voices, part of a full Qwen2.5-Omni checkpoint)")
+            full.load_speakers(str(speakers))
         return full.eval(), _omni_adapter(full.thinker, str(model_dir), trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"{model_dir}: cannot load the full Qwen2.5-Omni model ({first_line(e)})") from e
@@ -175,7 +274,7 @@ def _load_omni(source: str, model_type: str, kw: dict) -> ModelAdapter:
 
     if model_type == "qwen2_5_omni":  # full model (thinker + talker + token2wav): keep only the thinker
         return load_full_omni(source, enable_audio_output=False, **kw)[1]
-    thinker = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(source, local_files_only=True, **kw)
+    thinker = _strict_from_pretrained(Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained, source, **kw)
     return _omni_adapter(thinker, source, kw["trust_remote_code"])
 
 
@@ -199,7 +298,7 @@ def _load_text(source: str, kw: dict, name: str) -> ModelAdapter:
     from omnimem_train.models.text_lm import TextLMAdapter
 
     gguf = kw.get("gguf_file")
-    model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, **kw)
+    model = _strict_from_pretrained(AutoModelForCausalLM.from_pretrained, source, **kw)
     tok = AutoTokenizer.from_pretrained(source, local_files_only=True, gguf_file=gguf,
                                         trust_remote_code=kw["trust_remote_code"])
     adapter = TextLMAdapter(model, tok, name=name)

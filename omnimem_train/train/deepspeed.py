@@ -49,6 +49,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from omnimem_train.config.schema import DEEPSPEED_CONFIGS
 from omnimem_train.errors import ConfigError
 
 # The repository root (omnimem_train/train/deepspeed.py -> parents[2]). Works for a source checkout
@@ -56,7 +57,7 @@ from omnimem_train.errors import ConfigError
 # the checkout). A wheel install would need recipes/deepspeed/*.json shipped as package data.
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 RECIPE_DIR = _REPO_ROOT / "recipes" / "deepspeed"
-SHORT_NAMES: dict[str, str] = {"zero2": "zero2.json", "zero3": "zero3.json"}
+SHORT_NAMES: dict[str, str] = {name: f"{name}.json" for name in DEEPSPEED_CONFIGS}
 
 _KNOWN = ", ".join(SHORT_NAMES)
 

@@ -8,6 +8,7 @@ Launch multi-process runs with `./launch.sh RECIPE.yaml` (DeepSpeed launcher).
 from __future__ import annotations
 
 import os
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -68,6 +69,9 @@ def build_objective(cfg):
     from omnimem_train.train.objective import StreamingObjective
 
     adapter = load_configured_adapter(cfg)
+    # LoRA's initial weights come from the seed alone, not from what loading drew (a built-in model's
+    # first use builds it with random weights; later runs load the saved copy).
+    torch.manual_seed(cfg.seed)
     inner = prepare_model(adapter.model, cfg)
     # compression: none trains through the packed full-context loss (`train.full_context`), no engine.
     engine = None if cfg.compression == "none" else StreamingEngine.from_config(adapter, cfg.memory)
@@ -79,18 +83,27 @@ def build_objective(cfg):
     return objective, adapter
 
 
-def _resume_path(cfg) -> str | None:
+def _resume_path(cfg, say=print) -> str | None:
+    """The complete checkpoint `resume_from_checkpoint` names; `latest` is the newest complete one in
+    `output_dir` (the incomplete ones it passes over are reported through `say`)."""
+    from omnimem_train.train.checkpoints import incomplete, latest_complete
+
     if cfg.resume_from_checkpoint in (None, ""):
         return None
     if cfg.resume_from_checkpoint == "latest":
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(cfg.output_dir) if Path(cfg.output_dir).is_dir() else None
+        last, skipped = latest_complete(cfg.output_dir) if Path(cfg.output_dir).is_dir() else (None, [])
+        for path, why in skipped:
+            say(f"resume_from_checkpoint=latest: skipping incomplete {path} ({why})")
         if last is None:
-            raise ConfigError(f"resume_from_checkpoint: no checkpoint-* folder in {cfg.output_dir}")
-        return last
+            raise ConfigError(f"{cfg.output_dir}: resume_from_checkpoint: latest: no complete checkpoint-N folder "
+                              f"to resume (start a new run without resume_from_checkpoint)")
+        return str(last)
     if not Path(cfg.resume_from_checkpoint).is_dir():
         raise ConfigError(f"resume_from_checkpoint: {cfg.resume_from_checkpoint}: not a checkpoint folder")
+    why = incomplete(cfg.resume_from_checkpoint)
+    if why is not None:
+        raise ConfigError(f"{cfg.resume_from_checkpoint}: resume_from_checkpoint: incomplete checkpoint ({why}); "
+                          f"resume from a complete one (resume_from_checkpoint=latest picks the newest)")
     return cfg.resume_from_checkpoint
 
 
@@ -108,19 +121,52 @@ def _of_types(samples: list, cfg) -> list:
     return kept
 
 
-def run_training(cfg):
-    """Train per `cfg`; returns the Trainer (its state has the log history)."""
-    from omnimem_train.data.manifest import read_manifest, to_dataset
-    from omnimem_train.train.lora import trainable_summary
-    from omnimem_train.train.trainer import DataPosition, JsonlMetrics, StreamingTrainer, collate
+def _claim_output_dir(cfg, overwrite: bool) -> str | None:
+    """Check `output_dir` before anything loads -> the checkpoint to resume from, if any. A new run
+    refuses a folder that holds an earlier run (with `overwrite`: deletes it, if this tool wrote it);
+    a resume must continue the checkpoint's run (`checkpoints.check_resume_config`)."""
+    from omnimem_train.train.checkpoints import check_resume_config, claim_run_dir, is_main_process
+    from omnimem_train.utils.paths import check_writable_dir
 
+    main = is_main_process()
+
+    def note(text: str) -> None:
+        if main:
+            print(f"note: {text}", file=sys.stderr, flush=True)
+
+    if main:  # the other ranks wait for it in the process group's rendezvous
+        check_writable_dir(cfg.output_dir)
+    resume = _resume_path(cfg, say=note)
+    if resume is None:
+        if main:
+            claim_run_dir(cfg.output_dir, overwrite)
+        return None
+    changes = check_resume_config(resume, cfg)
+    note(f"resuming from {resume}")
+    if changes:
+        note(f"resuming with changed {', '.join(changes)}")
+    return resume
+
+
+def run_training(cfg, overwrite: bool = False):
+    """Train per `cfg`; returns the Trainer (its state has the log history). `overwrite`: delete an
+    earlier run in `output_dir` (only a folder this tool marked as a run) instead of refusing it."""
+    from omnimem_train.data.manifest import read_manifest, to_dataset
+    from omnimem_train.data.probe import probe_samples
+    from omnimem_train.media.decode import check_sources
+    from omnimem_train.train.checkpoints import METRICS_FILE, checkpoint_step, mark_run_dir, truncate_metrics
+    from omnimem_train.train.lora import trainable_summary
+    from omnimem_train.train.trainer import JsonlMetrics, StreamingTrainer, collate
+
+    resume = _claim_output_dir(cfg, overwrite)
     if not cfg.dataset:
         raise ConfigError("dataset: required for training (a manifest JSONL, e.g. from data_prep)")
     samples = read_manifest(cfg.dataset, split=cfg.dataset_split, check_media=True)
     if not samples:
         raise ConfigError(f"dataset: {cfg.dataset}: no samples in split {cfg.dataset_split!r}")
     samples = _of_types(samples, cfg)
-    resume = _resume_path(cfg)
+    samples = probe_samples(samples, cfg.dataset, partial(check_sources, audio_mode=cfg.media.audio),
+                            cfg.data.on_bad_sample, cfg.output_dir)
     if cfg.finetuning_type == "lora":  # fail on bad values before any model is loaded
         from omnimem_train.train.lora import lora_target_regex
 
@@ -129,6 +175,10 @@ def run_training(cfg):
         from omnimem_train.train.deepspeed import resolve_deepspeed
 
         resolve_deepspeed(cfg.deepspeed)
+    if cfg.compression == "streaming":  # the method and its budget file, before the model loads
+        from omnimem_train.memory.registry import check_memory
+
+        check_memory(cfg.memory)
     _setup_environment(cfg)
     torch.manual_seed(cfg.seed)
     objective, adapter = build_objective(cfg)
@@ -136,10 +186,13 @@ def run_training(cfg):
         args = _training_args(cfg, adapter.model.config.get_text_config().hidden_size)
         trainer = StreamingTrainer(model=objective, args=args, train_dataset=to_dataset(samples),
                                    data_collator=partial(collate, answer_format=cfg.generation.answer_format),
-                                   callbacks=[JsonlMetrics(), DataPosition()], run_cfg=cfg)
+                                   callbacks=[JsonlMetrics()], run_cfg=cfg)
         if trainer.is_world_process_zero():
             print(trainable_summary(objective.inner), flush=True)
+            mark_run_dir(cfg.output_dir)
             save_config(cfg, cfg.output_dir)
+            if resume is not None:  # the resumed steps are logged again
+                truncate_metrics(Path(cfg.output_dir) / METRICS_FILE, checkpoint_step(resume))
         result = trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(cfg.output_dir)
         trainer.save_metrics("train", result.metrics)  # train_results.json, written last: the run finished

@@ -3,25 +3,28 @@
 The model the Trainer holds is a `StreamingObjective` (the peft/full model inside, driven group by
 group by the streaming engine). Saving writes the inner model's `save_pretrained` output (LoRA
 adapter or full weights), the tokenizer, the resolved config and the memory settings used; a
-checkpoint folder also records the data position.
+checkpoint folder also records the data position, and is written complete or not at all
+(`train.checkpoints`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from omnimem_train.config.load import memory_settings, save_config
 from omnimem_train.config.served import write_memory_settings
 from omnimem_train.models.prompt import LETTERS, option_text
+from omnimem_train.train.checkpoints import METRICS_FILE, STAGING_PREFIX, publish
 from omnimem_train.train.objective import Example
 from omnimem_train.train.sampler import MediaGroupedSampler
-
-METRICS_FILE = "metrics.jsonl"
+from omnimem_train.utils.atomic import plain_modes
 
 
 def collate(rows: list[dict], answer_format: str = "letter") -> list[Example]:
@@ -47,6 +50,7 @@ class StreamingTrainer(Trainer):
         # Our loss is already a per-sample mean: let the Trainer divide by accumulation steps.
         self.model_accepts_loss_kwargs = False
         self._memory: list[tuple[float, int]] = []
+        self._staging: str | None = None  # set while a checkpoint is being written
 
     def _get_train_sampler(self, train_dataset=None):
         """Clip by clip (`train.sampler`) when `group_by_media` is on and some clip has several rows."""
@@ -73,6 +77,33 @@ class StreamingTrainer(Trainer):
             self._memory = []
         super().log(logs, start_time)
 
+    def _get_output_dir(self, trial) -> str:
+        return self._staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint (weights, optimizer, scheduler, RNG, trainer state, DeepSpeed shards
+        of every rank) is written under `<run>/.partial-checkpoint-N/`; once every rank is done, the
+        main process adds the data position and the manifest and renames it to `<run>/checkpoint-N`."""
+        run_dir = super()._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = os.path.join(run_dir, STAGING_PREFIX + name)
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # left by a save that was killed
+        self.accelerator.wait_for_everyone()
+        self._staging = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            ckpt = Path(staging, name)
+            (ckpt / "data_position.json").write_text(json.dumps(_data_position(self.args, self.state), indent=2))
+            publish(ckpt, Path(run_dir, name))
+            os.rmdir(staging)
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
+        self.accelerator.wait_for_everyone()
+
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
@@ -86,6 +117,7 @@ class StreamingTrainer(Trainer):
             settings = memory_settings(self.run_cfg)
             write_memory_settings(output_dir, settings, settings.get("budget_file"))
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        plain_modes(output_dir)  # safetensors writes 0600; the run's files read like any other output
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """Non-DeepSpeed resume: put the checkpoint's adapter (or full) weights into the inner model."""
@@ -110,16 +142,8 @@ class JsonlMetrics(TrainerCallback):
                 f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
 
 
-class DataPosition(TrainerCallback):
-    """Write where in the data a checkpoint stands (the Trainer resumes from the same point)."""
-
-    def on_save(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
-            return
-        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if ckpt.is_dir():
-            world = max(args.world_size, 1)
-            pos = {"global_step": state.global_step, "epoch": state.epoch,
-                   "samples_seen": state.global_step * args.per_device_train_batch_size
-                   * args.gradient_accumulation_steps * world}
-            (ckpt / "data_position.json").write_text(json.dumps(pos, indent=2))
+def _data_position(args, state) -> dict:
+    """Where in the data a checkpoint stands (the Trainer resumes from the same point)."""
+    return {"global_step": state.global_step, "epoch": state.epoch,
+            "samples_seen": state.global_step * args.per_device_train_batch_size
+            * args.gradient_accumulation_steps * max(args.world_size, 1)}

@@ -229,3 +229,13 @@ def test_to_dataset(tmp_path):
     only_open = to_dataset(samples[1:2])
     assert only_open.features["options"] == ds.features["options"]
     assert len(to_dataset([])) == 0
+
+
+def test_samples_keep_their_line_numbers_which_are_never_written(tmp_path):
+    path = write_lines(tmp_path / "m.jsonl", line(id="a"), "", line(id="b", split="val"), line(id="c"))
+    assert [(s.id, s.line) for s in read_manifest(path)] == [("a", 1), ("b", 3), ("c", 4)]
+    assert [(s.id, s.line) for s in read_manifest(path, split="train")] == [("a", 1), ("c", 4)]
+    samples = read_manifest(path)
+    assert all("line" not in s.to_dict() for s in samples)
+    again = read_manifest(write_manifest(tmp_path / "again.jsonl", samples))
+    assert again == samples and [s.line for s in again] == [1, 2, 3]  # equal, whatever the line

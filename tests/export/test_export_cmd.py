@@ -72,13 +72,13 @@ def test_corrupted_safetensors_names_the_file(lora_run, tmp_path, capsys, damage
     assert _no_output(run)
 
 
-def test_existing_output_needs_overwrite(lora_run, tmp_path, capsys):
+def test_existing_export_needs_overwrite(lora_run, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    (out / "omnimem_export.json").write_text("{}")  # an earlier export
     assert main(["export", str(lora_run), "--output", str(out)]) == 2
     assert f"error: {out}: output already exists (pass --overwrite" in _error_line(capsys)
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert [p.name for p in out.iterdir()] == ["omnimem_export.json"]
 
 
 @pytest.mark.parametrize("args, needle", [

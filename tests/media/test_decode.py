@@ -16,6 +16,8 @@ from omnimem_train.errors import ConfigError, MediaError
 from omnimem_train.media.decode import (
     MediaInfo,
     MediaWarning,
+    check_sources,
+    decode_ends,
     frame_size_for,
     iter_audio,
     iter_frames,
@@ -24,6 +26,7 @@ from omnimem_train.media.decode import (
     resolve_audio_source,
 )
 from omnimem_train.media.features import LogMelExtractor, audio_tokens_for_frames
+from tests.media.bad_media import garbage, truncated
 
 SR = 16000
 
@@ -97,6 +100,7 @@ def test_raw_stream_without_duration_header_is_measured_by_decoding(tmp_path):
     assert info.fps == 25.0  # ffmpeg's assumed rate for untimed H.264
     assert info.duration_s == pytest.approx(10 / 25)
     assert len(list(iter_frames(path, 10, 28, 28))) == 4
+    assert decode_ends(path) == info  # untimed frames are decoded too
 
 
 def test_frame_size_for_uses_smart_resize(clip):
@@ -356,3 +360,78 @@ def test_iter_audio_memory_does_not_grow_with_duration(tmp_path):
 def test_iter_audio_rejects_bad_chunk_size(clip):
     with pytest.raises(ValueError, match="chunk_s"):
         iter_audio(clip, chunk_s=0)
+
+
+def test_decode_ends_passes_whole_files(clip, silent_clip, tmp_path):
+    assert decode_ends(clip) == probe(clip)
+    assert decode_ends(silent_clip, ("video", "audio")) == probe(silent_clip)  # a missing type is not checked
+    wav = write_wav(tmp_path / "a.wav", 3)
+    assert decode_ends(wav, ("audio",)).has_audio
+
+
+def test_decode_ends_catches_a_clip_cut_short(clip, tmp_path):
+    """60% of a streamable mp4: it opens, `probe` (the first frame) passes, iter_frames would pad
+    the missing end with the last frame it decoded; the check names the file and the stream."""
+    cut = truncated(clip, tmp_path / "cut.mp4")
+    assert probe(cut).duration_s == 6.0
+    with pytest.raises(MediaError) as excinfo:
+        decode_ends(cut, ("video",))
+    assert_one_line_error(excinfo, cut)
+    assert "cannot decode the last second of its video stream" in str(excinfo.value)
+    with pytest.raises(MediaError, match="cannot decode the last second of its audio stream"):
+        decode_ends(cut, ("audio",))
+    with pytest.raises(MediaError, match="cannot decode the last 2 s of its video stream"):
+        decode_ends(cut, ("video",), seconds=2)
+
+
+def test_check_sources_names_the_field_and_follows_the_audio_mode(clip, silent_clip, tmp_path):
+    bad = garbage(tmp_path / "bad.mp4")
+    cut = truncated(clip, tmp_path / "cut.mp4")
+    wav = write_wav(tmp_path / "a.wav", 3)
+    for mode in ("auto", "required", "off"):
+        check_sources(clip, None, mode)
+        check_sources(clip, wav, mode)
+        check_sources(None, wav, mode)  # audio-only: the audio is read whatever the mode
+        with pytest.raises(MediaError, match=rf"^video: {bad}: cannot be decoded as media"):
+            check_sources(bad, None, mode)
+        with pytest.raises(MediaError, match=rf"^audio: {bad}: cannot be decoded as media"):
+            check_sources(None, bad, mode)
+    # A separate audio file is read unless media.audio=off.
+    for mode in ("auto", "required"):
+        with pytest.raises(MediaError, match=rf"^audio: {bad}: "):
+            check_sources(clip, bad, mode)
+    check_sources(clip, bad, "off")
+    with pytest.raises(MediaError, match=rf"^video: {cut}: cannot decode the last second of its video stream"):
+        check_sources(cut, wav, "off")
+    # A video without an audio track: an error only when audio is required.
+    check_sources(silent_clip, None, "auto")
+    check_sources(silent_clip, None, "off")
+    with pytest.raises(MediaError, match=rf"^video: {silent_clip}: no audio track, but audio is required"):
+        check_sources(silent_clip, None, "required")
+    with pytest.raises(MediaError, match=rf"^video: {wav}: not a video file"):
+        check_sources(wav, None, "off")
+    with pytest.raises(MediaError, match=rf"^audio: {silent_clip}: no audio track"):
+        check_sources(None, silent_clip, "auto")
+
+
+def test_check_sources_checks_the_streams_that_will_be_read(clip, tmp_path, monkeypatch):
+    """The video's own audio track is checked when it is the audio source (`resolve_audio_source`):
+    not with a separate audio file, nor with media.audio=off."""
+    import omnimem_train.media.decode as decode
+
+    wav = write_wav(tmp_path / "a.wav", 3)
+    calls = []
+    real = decode.decode_ends
+    monkeypatch.setattr(decode, "decode_ends", lambda path, kinds, seconds: calls.append((path, kinds))
+                        or real(path, kinds, seconds))
+    expected = {
+        ("auto", None): [(clip, ("video", "audio"))],
+        ("required", None): [(clip, ("video", "audio"))],
+        ("off", None): [(clip, ("video",))],
+        ("auto", wav): [(clip, ("video",)), (wav, ("audio",))],
+        ("off", wav): [(clip, ("video",))],
+    }
+    for (mode, audio), want in expected.items():
+        calls.clear()
+        check_sources(clip, audio, mode)
+        assert calls == want, (mode, audio)

@@ -64,9 +64,26 @@ def test_bad_budget_files_are_one_line_errors(tmp_path, content, needle):
     with pytest.raises(ConfigError) as e:
         read_budget_file(f, 2)
     msg = str(e.value)
-    assert str(f) in msg and needle in msg and "\n" not in msg
+    assert msg.startswith(f"{f}: memory.budget_file: ") and needle in msg and "\n" not in msg
     with pytest.raises(ConfigError):
         read_budget_file(tmp_path / "missing.json", 2)
+
+
+def test_budget_file_errors_name_the_key_and_the_json_position(tmp_path):
+    f = tmp_path / "budget.json"
+    f.write_text('{"layers": [\n  [1, 2],\n  [3, x]\n]}\n')  # the x: line 3, column 7
+    with pytest.raises(ConfigError) as e:
+        read_budget_file(f, 2)
+    assert str(e.value) == f"{f}: memory.budget_file: not valid JSON (line 3, column 7: Expecting value)"
+    with pytest.raises(ConfigError) as e:
+        read_budget_file(f, 2, key="eval.calibration_profile")
+    assert str(e.value).startswith(f"{f}: eval.calibration_profile: not valid JSON")
+    missing = tmp_path / "missing.json"
+    with pytest.raises(ConfigError) as e:
+        read_budget_file(missing, 2)
+    assert str(e.value) == f"memory.budget_file: {missing}: budget file not found"
+    f.write_text("[[1, 2], [3, 4], [5, 6]]")
+    assert read_budget_file(f, None) == ((1, 2), (3, 4), (5, 6))  # no model yet: any layer count
 
 
 def test_unknown_scorer_lists_known_names():

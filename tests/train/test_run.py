@@ -176,4 +176,16 @@ def test_dataset_question_types_keeps_only_those_rows(tiny_manifest, tmp_path, c
     cfg = _cfg(tiny_manifest, tmp_path / "run", "max_steps=1", "dataset_question_types=[temporal_order]")
     with pytest.raises(ConfigError, match=r"dataset_question_types: none of \['temporal_order'\].*has colour"):
         run_training(cfg)
-    assert not (tmp_path / "run").exists()
+    assert list((tmp_path / "run").iterdir()) == []  # checked writable first, nothing written into it
+
+
+def test_lora_init_does_not_depend_on_whether_the_builtin_model_was_built(tmp_path, monkeypatch):
+    """The first use of a built-in model builds and saves it (drawing random numbers); a later run loads
+    it. Both start from the same LoRA weights."""
+    from omnimem_train.train.run import build_objective
+
+    monkeypatch.setenv("OMNIMEM_HOME", str(tmp_path / "home"))
+    cfg = load_config(RECIPE, [f"output_dir={tmp_path / 'run'}", "lora_target=q_proj,k_proj,v_proj"])
+    states = [{k: v.clone() for k, v in build_objective(cfg)[0].inner.state_dict().items() if "lora_A" in k}
+              for _ in ("built", "loaded")]
+    assert states[0] and all(torch.equal(states[0][k], states[1][k]) for k in states[0])
