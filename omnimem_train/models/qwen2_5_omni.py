@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from omnimem_train.errors import MediaError
-from omnimem_train.media.features import LogMelExtractor, patchify
-from omnimem_train.models.base import MediaInput, Modality, ModelAdapter, StreamPiece, push_media
+from omnimem_train.media.features import LogMelExtractor, audio_tokens_for_frames, patchify
+from omnimem_train.models.base import MediaInput, Modality, ModelAdapter, StreamPiece, as_frames, push_media
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -80,6 +80,10 @@ class Qwen2_5OmniAdapter(ModelAdapter):
     def visual_tokens(self, n_frames: int, height: int, width: int) -> int:
         """Visual tokens of `n_frames` frames of height x width (multiples of `frame_multiple`)."""
         return math.ceil(n_frames / self.tps) * (height // self.frame_multiple) * (width // self.frame_multiple)
+
+    def audio_tokens(self, n_mel_frames: int) -> int:
+        """Audio tokens of `n_mel_frames` log-mel frames (estimated for whole-window feeds)."""
+        return audio_tokens_for_frames(n_mel_frames)
 
     # --- stream ------------------------------------------------------------------------------
     def chunker(self, prefix_ids: list[int], *, fps: float = 2.0, video: bool = True, audio: bool = True,
@@ -197,7 +201,7 @@ class OmniChunker:
         if frames is not None:
             if self.video is None:
                 raise MediaError("this stream carries no video; feed audio only")
-            self.v_parts += self.video.push(_frames(frames))
+            self.v_parts += self.video.push(as_frames(frames))
         if audio is not None:
             if self.audio is None:
                 raise MediaError("this stream carries no audio; feed frames only")
@@ -345,12 +349,3 @@ class _AudioPart:
             out.append(self.ad._audio_piece(self.embeds[:n], self.st + self.emitted))
             self.embeds, self.emitted = self.embeds[n:], self.emitted + n
         return out
-
-
-def _frames(frames) -> list[np.ndarray]:
-    arr = np.asarray(frames)
-    if arr.ndim == 3:
-        arr = arr[None]
-    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
-        raise MediaError(f"frames must be uint8 RGB (N, H, W, 3) or (H, W, 3), got {arr.dtype} {arr.shape}")
-    return list(arr)

@@ -20,6 +20,7 @@ trained-audio stream of an uncached run).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 
@@ -84,8 +85,7 @@ def with_audio(pieces: list[StreamPiece], audio: torch.Tensor) -> list[StreamPie
     for piece, mask, n in zip(pieces, masks, counts):
         if n:
             rows = audio[used : used + n].to(piece.embeds.dtype)
-            piece = StreamPiece(piece.embeds.masked_scatter(mask.unsqueeze(-1), rows), piece.modality,
-                                piece.positions, piece.end_s, piece.token_ids)
+            piece = dataclasses.replace(piece, embeds=piece.embeds.masked_scatter(mask.unsqueeze(-1), rows))
             used += n
         out.append(piece)
     return out
@@ -104,4 +104,5 @@ def _frozen(piece: StreamPiece) -> StreamPiece:
         embeds = piece.embeds[:0].detach()  # ids are enough: re-embedded on use
     else:
         embeds = piece.embeds.detach()
-    return StreamPiece(embeds, piece.modality, piece.positions, piece.end_s, piece.token_ids)
+    adds = None if piece.layer_adds is None else piece.layer_adds.detach()
+    return dataclasses.replace(piece, embeds=embeds, layer_adds=adds)

@@ -189,6 +189,8 @@ class StreamingEngine:
                 x = layer(x, attention_mask=masks[n_mem], position_embeddings=cos_sin, cache=kv)
             finally:
                 hook.remove()
+            if piece.layer_adds is not None and i < len(piece.layer_adds):  # DeepStack features
+                x = x + piece.layer_adds[i].to(x.device, x.dtype).unsqueeze(0)
             cand = LayerMemory(kv.new_keys, kv.new_values, **new_tokens,
                                extras=self.policy.new_token_extras(h_in[0].detach()))
             cand = cand if mem is None else mem.append(cand, keys=kv.keys, values=kv.values)

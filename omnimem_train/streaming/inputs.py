@@ -16,7 +16,6 @@ from pathlib import Path
 from omnimem_train.config.schema import MediaConfig
 from omnimem_train.errors import MediaError, ModelError
 from omnimem_train.media.decode import frame_size_for, iter_audio, iter_frames, probe, resolve_audio_source
-from omnimem_train.media.features import audio_tokens_for_frames
 from omnimem_train.models.base import MediaInput, Modality, ModelAdapter
 
 _PREFIXES = {"visual:": Modality.VISUAL, "audio:": Modality.AUDIO, "text:": Modality.TEXT}
@@ -44,7 +43,7 @@ def media_input(adapter: ModelAdapter, cfg: MediaConfig, video: str | None = Non
         # Probe first (its duration feeds the estimate); iter_audio then checks the file eagerly.
         seconds = probe(audio).duration_s
         windows = mel.iter_windows(iter_audio(audio))
-        est = audio_tokens_for_frames(max(1, math.ceil(seconds * 100)))
+        est = adapter.audio_tokens(max(1, math.ceil(seconds * 100)))
         return MediaInput(mel_windows=windows, duration_s=seconds, expected_tokens={Modality.AUDIO: est}), est
     info = probe(video)
     if not info.has_video:
@@ -59,7 +58,7 @@ def media_input(adapter: ModelAdapter, cfg: MediaConfig, video: str | None = Non
     if chunks is not None:
         windows = mel.iter_windows(chunks)
         seconds = info.duration_s if audio is None else probe(source).duration_s
-        expected[Modality.AUDIO] = audio_tokens_for_frames(max(1, math.ceil(seconds * mel.sampling_rate / mel.hop_length)))
+        expected[Modality.AUDIO] = adapter.audio_tokens(max(1, math.ceil(seconds * mel.sampling_rate / mel.hop_length)))
     media = MediaInput(frames=frames, fps=cfg.video_fps, mel_windows=windows, duration_s=info.duration_s,
                        expected_tokens=expected)
     return media, sum(expected.values())
