@@ -137,6 +137,7 @@ class ModelAdapter(ABC):
     # `feature_extractor()` its audio is featurized with, `frame_multiple` (frame sides are multiples
     # of it), `visual_tokens(n_frames, height, width)` and `audio_tokens(n_mel_frames)`.
     takes_media: bool = False
+    audio_window_s: float | None = None  # the log-mel window its audio encoder needs (None: any up to 30 s)
 
     # --- text -------------------------------------------------------------------------------
     @abstractmethod

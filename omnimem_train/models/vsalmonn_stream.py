@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,6 +50,7 @@ MEL_FRAMES_PER_S = 100
 class VSalmonnAdapter(ModelAdapter):
     position_dims = 3
     takes_media = True
+    audio_window_s = 30.0  # Whisper attends over a whole 30-s window; a shorter feed is the stream's last
 
     def __init__(self, model, tokenizer, image_mean=None, image_std=None, name: str = "vsalmonn"):
         from transformers import Qwen3VLForConditionalGeneration
@@ -81,8 +83,13 @@ class VSalmonnAdapter(ModelAdapter):
 
     # --- capabilities ------------------------------------------------------------------------
     def feature_extractor(self) -> LogMelExtractor:
+        """The folder's Whisper extractor when its preprocessor_config.json is one; a release folder's
+        is the image processor's, and the audio path is whisper-large-v3's 128-bin log-mel."""
         model_dir = getattr(self, "model_dir", None)
-        return LogMelExtractor.from_dir(model_dir) if model_dir else LogMelExtractor()
+        config = Path(model_dir or "") / "preprocessor_config.json"
+        if model_dir and config.is_file() and "WhisperFeatureExtractor" in config.read_text(encoding="utf-8"):
+            return LogMelExtractor.from_dir(model_dir)
+        return LogMelExtractor()
 
     def visual_tokens(self, n_frames: int, height: int, width: int) -> int:
         return math.ceil(n_frames / self.tps) * (height // self.frame_multiple) * (width // self.frame_multiple)
@@ -169,7 +176,7 @@ class VSalmonnChunker:
         self.steps: list[tuple] = []               # encoded steps waiting for their audio
         self.step_index = 0                        # index of the next step to emit
         self.n_mel, self.audio_done = 0, not audio
-        self.audio_tokens = None                   # (n, D) encoded audio not yet laid out
+        self.audio_pending = None                  # (n, D) encoded audio tokens not yet laid out
         self.audio_laid = 0                        # audio tokens already laid out
         self.next_pos = 0                          # next text position
         self.span_start = len(self.prefix) + 1     # S of the span layout (after <|vision_start|>)
@@ -207,7 +214,7 @@ class VSalmonnChunker:
             mel = np.asarray(audio, dtype=np.float32)
             self.n_mel += mel.shape[1]
             tokens = self.ad._encode_audio(mel)
-            self.audio_tokens = tokens if self.audio_tokens is None else torch.cat([self.audio_tokens, tokens])
+            self.audio_pending = tokens if self.audio_pending is None else torch.cat([self.audio_pending, tokens])
             if mel.shape[1] < MEL_WINDOW:  # a short window is the last one
                 self.audio_done = True
         return self._emit(final=False)
@@ -220,7 +227,7 @@ class VSalmonnChunker:
             self.audio_done = True
         pieces = self._emit(final=flush)
         parts = []
-        if flush and self.audio_tokens is not None and self._audio_left():  # audio after the last step
+        if flush and self._audio_left():  # audio after the last step
             parts += self._audio_parts(self._audio_left())
         if self.ad.layout == "span" and (self.video or self.audio):
             parts.append(self._text([self.ad.ids["vision_end"]], at=self.span_start + self._span_end()))
@@ -245,11 +252,13 @@ class VSalmonnChunker:
         """Audio tokens belonging to steps before `step` (the release's float32 arithmetic)."""
         return int((torch.tensor(step) * self.spg * self.ad.audio_rate).long())
 
-    def _audio_ready(self) -> int:
-        return 0 if self.audio_tokens is None else len(self.audio_tokens)
-
     def _audio_left(self) -> int:
-        return self._audio_ready() - self.audio_laid
+        """Encoded audio tokens not yet laid out."""
+        return 0 if self.audio_pending is None else len(self.audio_pending)
+
+    def _audio_ready(self) -> int:
+        """Audio tokens encoded so far (laid out or pending)."""
+        return self.audio_laid + self._audio_left()
 
     def _emit(self, final: bool) -> list[StreamPiece]:
         out = []
@@ -300,7 +309,7 @@ class VSalmonnChunker:
         if n <= 0:
             return []
         k = torch.arange(self.audio_laid, self.audio_laid + n)
-        emb = self.audio_tokens[self.audio_laid: self.audio_laid + n]
+        emb, self.audio_pending = self.audio_pending[:n], self.audio_pending[n:]
         self.audio_laid += n
         if self.ad.layout == "span":
             s = self.span_start

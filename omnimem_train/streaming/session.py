@@ -91,6 +91,9 @@ class StreamSession:
                                   "stream_tokens=N (the planned audio+visual tokens) or set memory.budget")
             # The split between audio and visual does not enter a budget_fraction's size.
             policy.expect({Modality.VISUAL: int(stream_tokens), Modality.AUDIO: 0})
+        if adapter.audio_window_s is not None and audio_window_s != adapter.audio_window_s:
+            raise ConfigError(f"audio_window_s: {adapter.name} encodes audio in {adapter.audio_window_s:g}-s windows, "
+                              f"got {audio_window_s:g}")
         media_cfg = media_cfg or MediaConfig()
         audio = media_cfg.audio != "off" if audio is None else audio
         if not (video or audio):

@@ -207,8 +207,8 @@ def test_audio_follows_its_steps_in_time(ad, prefix):
 
 @torch.no_grad()
 def test_a_live_session_fed_in_pieces_equals_the_offline_stream(ad):
+    """Fed in three uneven pieces under eviction, the session commits what the offline stream does."""
     frames, wave = _media(ad, 9, 4.6)
-    tok_prefix = None
 
     def session():
         engine = StreamingEngine(ad, make_policy("omnimem", len(ad.decoder_layers), budget=20), group_size=9)
@@ -218,12 +218,18 @@ def test_a_live_session_fed_in_pieces_equals_the_offline_stream(ad):
     for a, b, x, y in [(0, 3, 0, 20_000), (3, 4, 20_000, 45_000), (4, 9, 45_000, len(wave))]:
         live.feed(frames=frames[a:b], audio=wave[x:y])
     live.close()
-    one = session()
-    tok_prefix = one.media.chunker.prefix
     offline = StreamingEngine(ad, make_policy("omnimem", len(ad.decoder_layers), budget=20), group_size=9)
-    state, _ = offline.prefill(ad.stream(_offline(frames, wave), tok_prefix))
+    state, _ = offline.prefill(ad.stream(_offline(frames, wave), live.media.chunker.prefix))
     assert live.state.tokens_seen == state.tokens_seen and live.state.next_pos == state.next_pos
     for x, y in zip(live.state.layers, state.layers, strict=True):
         assert torch.equal(x.keys, y.keys) and torch.equal(x.positions, y.positions)
     answer = live.ask("What was shown?", ["red", "green"])
     assert answer.choice in ("A", "B") and len(answer.option_scores) == 2
+
+
+def test_a_session_needs_the_encoder_window(ad):
+    from omnimem_train.errors import ConfigError
+
+    engine = StreamingEngine(ad, FullMemory())
+    with pytest.raises(ConfigError, match="audio_window_s: .* 30-s windows, got 2"):
+        StreamSession(engine, MediaConfig(), audio_window_s=2.0)
