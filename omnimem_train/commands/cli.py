@@ -54,6 +54,8 @@ def _overrides_from_flags(args) -> list[str]:
 
 
 def _demo_clip(run_dir: Path) -> str:
+    """A 12-s 112x112 clip with an audio track (written once per run folder). Decoding brings its
+    frames to multiples of the model's `frame_multiple` (28 px: 112x112; 32 px: 128x128)."""
     from data_prep.synthetic import write_clip
 
     path = run_dir / "demo_clip.mp4"

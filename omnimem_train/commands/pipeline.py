@@ -1,11 +1,13 @@
 """`omnimem-train pipeline RECIPE.yaml [key=value ...]`: the testbed job end to end.
 
     1. generate the testbed (`data_prep.testbed`; reused when its files and arguments are unchanged),
-    2. the base model: `base_model` (a trained model folder, e.g. the one shipped in
-       `assets/testbed-base`) unless `train_base: true` or no base_model is given, in which case
-       the `train` stage's recipe trains it (reused when `output_dir` already holds a finished model
-       trained with the same resolved config); with `curriculum.recipe` set, a first training
-       stage runs before it and `train` starts from its output,
+    2. the base model of `model_family` (`MODEL_FAMILIES`: Qwen2.5-Omni or video-SALMONN 2+, on the
+       same testbed and questions): `base_model` (a trained model folder; unset: the family's shipped
+       one, `assets/testbed-base` for qwen2_5_omni) unless `train_base: true` or the family ships
+       none, in which case the `train` stage's recipe (unset: the family's base recipe) trains it
+       (reused when `output_dir` already holds a finished model trained with the same resolved
+       config); with `curriculum.recipe` set, a first training stage runs before it and `train`
+       starts from its output. The model evaluated must be of the family (checked before any stage),
     3. evaluate it with the `eval` stage's recipe: full memory plus the scorer x budget x allocation
        grid (the calibrated allocation is measured on train-split clips), print the table and the
        paired comparisons, write the plot (finished cells are skipped on re-runs),
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omnimem_train.config.runs import is_finished_run
-from omnimem_train.config.schema import _int, _number, _require
+from omnimem_train.config.schema import _choice, _int, _number, _require
 from omnimem_train.errors import ConfigError
 from omnimem_train.utils.atomic import atomic_write_text
 
@@ -91,15 +93,57 @@ class TuneSection(StageSection):
     )
 
 
+@dataclass(frozen=True)
+class ModelFamily:
+    """A model family the testbed pipeline runs: its shipped trained base model (None: none ships, the
+    train stage trains one), the recipe that trains its base from its random built-in, and how a model
+    is recognised as one of the family (built-in names; config.json model_type values)."""
+
+    base_model: str | None
+    base_recipe: str
+    builtins: tuple[str, ...]
+    model_types: tuple[str, ...]
+
+
+MODEL_FAMILIES = {
+    "qwen2_5_omni": ModelFamily("assets/testbed-base", "recipes/testbed/base_full.yaml",
+                                ("testbed-omni", "tiny-omni"), ("qwen2_5_omni_thinker", "qwen2_5_omni")),
+    # A release folder's config.json says qwen2_5_vl and holds an audio_config (models/vsalmonn.py).
+    "vsalmonn2plus": ModelFamily(None, "recipes/testbed/base_vsalmonn2plus.yaml",
+                                 ("testbed-vsalmonn2plus", "tiny-vsalmonn2plus"), ("vsalmonn2plus", "qwen2_5_vl")),
+}
+
+
+def family_of(model_name_or_path: str) -> str | None:
+    """The MODEL_FAMILIES key of a model as a run config names it (`builtin:<name>` or a folder with a
+    config.json); None when it is none of them or cannot be read (loading it reports why)."""
+    if model_name_or_path.startswith("builtin:"):
+        name = model_name_or_path.split(":", 1)[1]
+        return next((k for k, f in MODEL_FAMILIES.items() if name in f.builtins), None)
+    try:
+        cfg = json.loads((Path(model_name_or_path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict) or (cfg.get("model_type") == "qwen2_5_vl" and "audio_config" not in cfg):
+        return None
+    return next((k for k, f in MODEL_FAMILIES.items() if cfg.get("model_type") in f.model_types), None)
+
+
 @dataclass
 class PipelineConfig:
     testbed: TestbedSection = field(default_factory=TestbedSection)
+    model_family: str = field(
+        default="qwen2_5_omni",
+        metadata={"help": "the model family: " + " | ".join(MODEL_FAMILIES) + "; picks the base model and "
+                          "the base recipe (train.recipe) when they are not given"},
+    )
     base_model: str | None = field(
         default=None,
-        metadata={"help": "a trained base model folder to evaluate and tune (e.g. assets/testbed-base); "
-                          "null or train_base: true trains one with the train stage"},
+        metadata={"help": "a trained base model folder to evaluate and tune; null: the family's shipped one "
+                          "(qwen2_5_omni: assets/testbed-base; vsalmonn2plus ships none, so the train stage "
+                          "trains one)"},
     )
-    train_base: bool = field(default=False, metadata={"help": "train the base model even when base_model is set"})
+    train_base: bool = field(default=False, metadata={"help": "train the base model even when a base model ships"})
     curriculum: StageSection = field(default_factory=StageSection)
     train: StageSection = field(default_factory=StageSection)
     eval: StageSection = field(default_factory=StageSection)
@@ -107,12 +151,27 @@ class PipelineConfig:
     control: TuneSection = field(default_factory=TuneSection)
 
     def __post_init__(self) -> None:
+        _choice(self, "model_family", tuple(MODEL_FAMILIES))
         _require(self.base_model is None or (isinstance(self.base_model, str) and self.base_model.strip() != ""),
                  "base_model", self.base_model, "a model folder or null")
 
     @property
+    def family(self) -> ModelFamily:
+        return MODEL_FAMILIES[self.model_family]
+
+    @property
+    def shipped_base(self) -> str | None:
+        """The trained base folder to use: `base_model`, else the family's (None when none ships)."""
+        return self.base_model if self.base_model is not None else self.family.base_model
+
+    @property
     def uses_shipped_base(self) -> bool:
-        return self.base_model is not None and not self.train_base
+        return self.shipped_base is not None and not self.train_base
+
+    @property
+    def train_recipe(self) -> str:
+        """The train stage's recipe: `train.recipe`, else the family's base recipe."""
+        return self.train.recipe or self.family.base_recipe
 
 
 def curriculum_config(pcfg: PipelineConfig):
@@ -133,17 +192,19 @@ def stage_configs(pcfg: PipelineConfig):
     train stage to the curriculum stage's output, when there is one)."""
     from omnimem_train.config import load_config
 
-    for name in ("train", "eval"):
-        if not getattr(pcfg, name).recipe:
-            raise ConfigError(f"{name}.recipe: required (the {name} stage's recipe YAML)")
+    if not pcfg.eval.recipe:
+        raise ConfigError("eval.recipe: required (the eval stage's recipe YAML)")
     manifest = _manifest(pcfg)
     first = curriculum_config(pcfg)
     start = [f"model_name_or_path={first.output_dir}"] if first is not None else []
-    train_cfg = load_config(pcfg.train.recipe, [f"dataset={manifest}", *start, *pcfg.train.overrides])
+    train_cfg = load_config(pcfg.train_recipe, [f"dataset={manifest}", *start, *pcfg.train.overrides])
     if first is not None and Path(first.output_dir).resolve() == Path(train_cfg.output_dir).resolve():
         raise ConfigError(f"curriculum.overrides: output_dir {first.output_dir} is the train stage's too; "
                           "give the curriculum stage its own")
     base = base_model(pcfg, train_cfg)
+    _check_family(pcfg, base if pcfg.uses_shipped_base else (first or train_cfg).model_name_or_path,
+                  "base_model" if pcfg.uses_shipped_base else
+                  f"{'curriculum' if first is not None else 'train'} stage's model_name_or_path")
     eval_cfg = load_config(pcfg.eval.recipe, [f"eval.manifest={manifest}", f"model_name_or_path={base}",
                                               *pcfg.eval.overrides])
     for name in ("tune", "control"):
@@ -155,13 +216,24 @@ def stage_configs(pcfg: PipelineConfig):
 
 
 def base_model(pcfg: PipelineConfig, train_cfg) -> str:
-    """The base model the pipeline evaluates and tunes: the given folder, or the train stage's output."""
+    """The base model the pipeline evaluates and tunes: the shipped folder (`base_model` or the
+    family's), or the train stage's output."""
     if pcfg.uses_shipped_base:
-        if not (Path(pcfg.base_model) / "config.json").is_file():
-            raise ConfigError(f"base_model: {pcfg.base_model}: not a model folder (no config.json); "
+        if not (Path(pcfg.shipped_base) / "config.json").is_file():
+            raise ConfigError(f"base_model: {pcfg.shipped_base}: not a model folder (no config.json); "
                               "set train_base=true to train one")
-        return pcfg.base_model
+        return pcfg.shipped_base
     return train_cfg.output_dir
+
+
+def _check_family(pcfg: PipelineConfig, model: str, what: str) -> None:
+    """ConfigError unless `model` (the shipped base, or the model the training starts from) is of
+    `model_family`; a model of no known family passes (loading it checks it)."""
+    family = family_of(model)
+    if family is not None and family != pcfg.model_family:
+        raise ConfigError(f"model_family: {pcfg.model_family}, but the {what} {model} is a {family} model; "
+                          f"leave base_model and train.recipe unset to take the family's "
+                          f"({pcfg.family.base_recipe})")
 
 
 def tune_configs(pcfg: PipelineConfig, train_cfg, eval_cfg, section: str = "tune"):
@@ -231,7 +303,7 @@ def run_pipeline(pcfg: PipelineConfig, out=None) -> dict:
     times["testbed_s"] = round(time.perf_counter() - t0, 1)
 
     if pcfg.uses_shipped_base:
-        say(f"[2/{n}] base model: {pcfg.base_model} (trained and shipped; train_base=true retrains it)")
+        say(f"[2/{n}] base model: {pcfg.shipped_base} (trained and shipped; train_base=true retrains it)")
     else:
         first = curriculum_config(pcfg)
         if first is not None:

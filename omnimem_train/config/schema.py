@@ -161,7 +161,8 @@ class MemoryConfig:
     )
     budget_file: str | None = field(
         default=None,
-        metadata={"help": "per-layer budget JSON ([[audio, visual], ...], e.g. from `omnimem-train calibrate`): "
+        metadata={"help": "per-layer budget JSON ([[audio, visual], ...] as `omnimem-train calibrate` writes it, or an "
+                          "int per layer: an audio+visual cap the two share): "
                           "absolute budgets alone, or with budget / budget_fraction the allocation profile, "
                           "scaled to the same total as the uniform budget of that size"},
     )
@@ -443,6 +444,13 @@ class Config:
         metadata={"help": "comma-separated LLM-decoder projections (q/k/v/o_proj, gate/up/down_proj); "
                           "anchored to the language-model layers, never the audio/vision towers"},
     )
+    lora_modules_to_save: list[str] = field(
+        default_factory=list,
+        metadata={"help": "modules trained in full next to LoRA (peft modules_to_save; saved in the adapter), by "
+                          "whole module name or its last parts, e.g. [qformer, audio_proj]: the video-SALMONN 2+ "
+                          "family's Q-Former and audio projection (their audio is then encoded with autograd). "
+                          "Modules only: a bare parameter (the Q-Former's q_tokens) trains with finetuning_type full"},
+    )
     train_encoders: str = field(
         default="none",
         metadata={"help": "towers trained next to the LLM (full fine-tuning): " + " | ".join(TRAIN_ENCODERS)},
@@ -510,6 +518,11 @@ class Config:
         _require(isinstance(self.lora_dropout, (int, float)) and 0 <= self.lora_dropout < 1, "lora_dropout",
                  self.lora_dropout, "a number in [0, 1)")
         _text(self, "lora_target", "comma-separated projection names")
+        saved = self.lora_modules_to_save
+        _require(isinstance(saved, list) and all(isinstance(n, str) and re.fullmatch(r"[\w.]+", n) for n in saved)
+                 and not (saved and self.finetuning_type == "full"), "lora_modules_to_save", saved,
+                 "a list of module names (letters, digits, _ and .), used with finetuning_type lora",
+                 related=("finetuning_type",))
         _int(self, "per_device_train_batch_size", ge=1)
         _int(self, "gradient_accumulation_steps", ge=1)
         _number(self, "learning_rate", gt=0)

@@ -8,10 +8,12 @@ A budget has a size and a shape:
   computed), or `compression_ratio` (kvpress's meaning: keep 1 - r of the audio/visual tokens
   seen so far, so memory grows with the stream);
 - shape (allocation): uniform (every layer the same, split visual:audio by ρ), a per-layer
-  profile (`budget_file`: JSON list of [audio, visual] per layer, as `omnimem-train calibrate`
-  writes), or modality-blind (one pooled audio+visual budget per layer). A budget file alone gives
-  absolute budgets; with `budget` or `budget_fraction` it is a profile, scaled to the same total as
-  the uniform budget of that size (`scale_profile`), so every allocation compares at equal memory.
+  profile (`budget_file`: JSON list with one entry per layer, `[audio, visual]` as `omnimem-train
+  calibrate` writes, or a single int: that layer's audio+visual total without a split, shared by
+  both modalities, as the release's budget files may give it), or modality-blind (one pooled
+  audio+visual budget per layer). A budget file alone gives absolute budgets; with `budget` or
+  `budget_fraction` it is a profile, scaled to the same total as the uniform budget of that size
+  (`scale_profile`), so every allocation compares at equal memory.
 
 Text is never counted; a limit above what exists keeps everything; a limit of 0 is legal.
 """
@@ -31,7 +33,10 @@ from omnimem_train.models.base import Modality, StreamPiece
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-layer caps for one selection. `pooled` set => modality-blind (audio+visual together)."""
+    """Per-layer caps for one selection. `pooled` set => audio and visual compete for that one cap
+    (selection reads only `pooled` then). `audio`/`visual` set alongside it (a layer whose budget is
+    a total without a split, under modality-aware budgets) are that total split by ρ, for a caller
+    that must cap each modality on its own (frame dropping, before the LLM)."""
 
     audio: int | None = None
     visual: int | None = None
@@ -39,6 +44,10 @@ class Limits:
 
 
 MEDIA = (Modality.AUDIO, Modality.VISUAL)
+
+# One layer's entry in a budget file or profile: (audio, visual), or an int: the layer's audio+visual
+# total without a split (one budget both modalities share).
+LayerBudget = tuple[int, int] | int
 
 
 def fraction_budget(fraction: float, counts: Mapping[Modality, int]) -> int:
@@ -88,16 +97,27 @@ def largest_remainder(shares: list[float], total: int) -> list[int]:
     return out
 
 
-def scale_profile(profile: Sequence[tuple[int, int]], total: int) -> tuple[tuple[int, int], ...]:
-    """A per-layer [audio, visual] profile (L pairs) scaled to `total` tokens over all layers and
-    modalities: each of the 2L entries gets its share of `total` by largest remainder, so the sum is
-    exactly `total` (the uniform budget's L x B: equal memory) and the profile's shape is kept.
-    A profile of all zeros spreads `total` evenly."""
-    flat = [float(x) for pair in profile for x in pair]
+def scale_profile(profile: Sequence[LayerBudget], total: int) -> tuple[LayerBudget, ...]:
+    """A per-layer profile (L entries: [audio, visual] pairs, or ints for a layer total without a
+    split) scaled to `total` tokens over all layers and modalities: each number of the profile (two
+    per pair, one per int) gets its share of `total` by largest remainder, so the sum is exactly
+    `total` (the uniform budget's L x B: equal memory) and the profile's shape is kept, every entry
+    in its own form. A profile of all zeros spreads `total` evenly."""
+    flat = [float(x) for entry in profile for x in _numbers(entry)]
     z = sum(flat)
     shares = [total * x / z for x in flat] if z > 0 else [total / len(flat)] * len(flat)
-    units = largest_remainder(shares, total)
-    return tuple((units[2 * i], units[2 * i + 1]) for i in range(len(profile)))
+    units = iter(largest_remainder(shares, total))
+    return tuple(next(units) if isinstance(entry, int) else (next(units), next(units)) for entry in profile)
+
+
+def _numbers(entry: LayerBudget) -> tuple[int, ...]:
+    return (entry,) if isinstance(entry, int) else tuple(entry)
+
+
+def split_by_rho(total: int, rho: float) -> tuple[int, int]:
+    """(audio, visual) of `total` audio+visual tokens: audio gets total/(1+ρ), rounded."""
+    audio = round(total / (1 + rho))
+    return audio, total - audio
 
 
 @dataclass(frozen=True)
@@ -110,16 +130,26 @@ class Budgets:
     keep_fraction: float | None = None  # 1 - compression_ratio
     modality_aware: bool = True
     fraction: float | None = None  # budget_fraction: resolved per stream by `for_stream`
-    profile: tuple[tuple[int, int], ...] | None = None  # shape for `fraction` (None: uniform)
+    profile: tuple[LayerBudget, ...] | None = None  # shape for `fraction` (None: uniform)
     rho: float = 5.0
     n_layers: int = 0
+    # Layers whose budget is a total without a split (an int in the file): audio and visual share
+    # it (a pooled cap); their `per_layer` pair is that total split by ρ.
+    shared_layers: frozenset[int] = frozenset()
 
     # --- construction ------------------------------------------------------------------------
     @staticmethod
     def uniform(total: int, n_layers: int, rho: float, modality_aware: bool = True) -> Budgets:
         """`total` audio+visual tokens per layer; audio gets total/(1+ρ) (ρ = visual:audio prior)."""
-        audio = round(total / (1 + rho))
-        return Budgets(((audio, total - audio),) * n_layers, None, modality_aware, rho=rho, n_layers=n_layers)
+        return Budgets((split_by_rho(total, rho),) * n_layers, None, modality_aware, rho=rho, n_layers=n_layers)
+
+    @staticmethod
+    def of_layers(layers: Sequence[LayerBudget], rho: float, modality_aware: bool = True) -> Budgets:
+        """Absolute per-layer budgets: (audio, visual) pairs, or ints (a layer total that audio and
+        visual share)."""
+        shared = frozenset(i for i, entry in enumerate(layers) if isinstance(entry, int))
+        pairs = tuple(split_by_rho(entry, rho) if isinstance(entry, int) else (entry[0], entry[1]) for entry in layers)
+        return Budgets(pairs, None, modality_aware, rho=rho, n_layers=len(pairs), shared_layers=shared)
 
     @staticmethod
     def sized(total: int, n_layers: int, rho: float, profile=None, modality_aware: bool = True) -> Budgets:
@@ -127,7 +157,7 @@ class Budgets:
         the same n_layers x total."""
         if profile is None:
             return Budgets.uniform(total, n_layers, rho, modality_aware)
-        return Budgets(scale_profile(profile, total * n_layers), None, modality_aware, rho=rho, n_layers=n_layers)
+        return Budgets.of_layers(scale_profile(profile, total * n_layers), rho, modality_aware)
 
     @staticmethod
     def of_fraction(fraction: float, n_layers: int, rho: float, profile=None, modality_aware: bool = True) -> Budgets:
@@ -139,8 +169,8 @@ class Budgets:
         return Budgets(None, 1.0 - compression_ratio, modality_aware)
 
     @staticmethod
-    def from_file(path: str | Path, n_layers: int, modality_aware: bool = True) -> Budgets:
-        return Budgets(read_budget_file(path, n_layers), None, modality_aware, n_layers=n_layers)
+    def from_file(path: str | Path, n_layers: int, modality_aware: bool = True, rho: float = 5.0) -> Budgets:
+        return Budgets.of_layers(read_budget_file(path, n_layers), rho, modality_aware)
 
     @staticmethod
     def unlimited() -> Budgets:
@@ -169,6 +199,8 @@ class Budgets:
         elif self.per_layer is not None:
             a, v = self.per_layer[layer_idx]
             pooled = a + v
+            if self.modality_aware and layer_idx in self.shared_layers:
+                return Limits(a, v, pooled)  # one cap audio and visual share; (a, v): its ρ split
         else:
             return Limits()
         return Limits(a, v) if self.modality_aware else Limits(pooled=pooled)
@@ -187,9 +219,11 @@ class Budgets:
 
 
 def read_budget_file(path: str | Path, n_layers: int | None, key: str = "memory.budget_file",
-                     where: str | None = None) -> tuple[tuple[int, int], ...]:
-    """Validate and read a budget JSON: a list of n_layers [audio, visual] non-negative ints (or an
-    object with a "layers" list of such pairs, as calibration writes); n_layers None: any number.
+                     where: str | None = None) -> tuple[LayerBudget, ...]:
+    """Validate and read a budget JSON: a list of n_layers entries (or an object with a "layers"
+    list of them, as calibration writes); n_layers None: any number. An entry is an [audio, visual]
+    pair of non-negative ints -> (audio, visual), or one non-negative int, the layer's audio+visual
+    total without a split (the release's form) -> that int, a budget both modalities share.
 
     Errors are one line `FILE: KEY: problem` (`key`: the config key that named the file); a missing
     file starts with `where` (`schema.source_of`: the recipe or override that set the key) instead."""
@@ -204,18 +238,21 @@ def read_budget_file(path: str | Path, n_layers: int | None, key: str = "memory.
         raise ConfigError(f"{path}: {key}: cannot read: {first_line(e)}") from None
     layers = data.get("layers") if isinstance(data, dict) else data
     if not isinstance(layers, list):
-        raise ConfigError(f"{path}: {key}: expected a list of [audio, visual] pairs (or {{\"layers\": [...]}})")
+        raise ConfigError(f"{path}: {key}: expected a list of [audio, visual] pairs or layer totals "
+                          "(or {\"layers\": [...]})")
     if n_layers is not None and len(layers) != n_layers:
         raise ConfigError(f"{path}: {key}: has {len(layers)} layers, the model has {n_layers}")
     out = []
-    for i, pair in enumerate(layers):
-        ok = isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
-                                                              for x in pair)
+    for i, entry in enumerate(layers):
+        numbers = [entry] if not isinstance(entry, list) else entry
+        ok = (len(numbers) == 2 or not isinstance(entry, list)) and all(
+            isinstance(x, int) and not isinstance(x, bool) for x in numbers)
         if not ok:
-            raise ConfigError(f"{path}: {key}: layer {i}: expected [audio, visual] integers, got {pair!r}")
-        if min(pair) < 0:
-            raise ConfigError(f"{path}: {key}: layer {i}: negative budget {pair!r}")
-        out.append((pair[0], pair[1]))
+            raise ConfigError(f"{path}: {key}: layer {i}: expected [audio, visual] integers or one integer "
+                              f"(the layer's audio+visual total), got {entry!r}")
+        if min(numbers) < 0:
+            raise ConfigError(f"{path}: {key}: layer {i}: negative budget {entry!r}")
+        out.append(entry if isinstance(entry, int) else (entry[0], entry[1]))
     return tuple(out)
 
 
@@ -231,5 +268,5 @@ def budgets_from_config(cfg, n_layers: int) -> Budgets:
     if cfg.compression_ratio is not None:
         return Budgets.ratio(cfg.compression_ratio, cfg.modality_aware)
     if profile is not None:
-        return Budgets(profile, None, cfg.modality_aware, rho=cfg.rho, n_layers=n_layers)
+        return Budgets.of_layers(profile, cfg.rho, cfg.modality_aware)
     return Budgets.unlimited()

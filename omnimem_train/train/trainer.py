@@ -105,6 +105,11 @@ class StreamingTrainer(Trainer):
         self.accelerator.wait_for_everyone()
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        # Under DeepSpeed every rank calls `_save` (after joining the ZeRO-3 gather); only the main
+        # process writes. Another rank would write its own partitioned state: with ZeRO-3 its large
+        # tensors are 0-element placeholders, racing the gathered ones into the same files.
+        if not self.args.should_save:
+            return
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         objective = self.accelerator.unwrap_model(self.model)

@@ -148,11 +148,103 @@ def test_shipped_base_is_used_unless_train_base(tmp_path):
 
 
 def test_bad_pipeline_input_is_one_line(tmp_path, capsys):
-    with pytest.raises(ConfigError, match="train.recipe"):
-        stage_configs(load_config(None, ["eval.recipe=recipes/eval/testbed.yaml"], schema=PipelineConfig))
+    with pytest.raises(ConfigError, match="eval.recipe: required"):
+        stage_configs(load_config(None, [f"testbed.out={tmp_path / 'tb'}"], schema=PipelineConfig))
     assert main(["pipeline", "recipes/testbed/pipeline_small.yaml", "testbed.trian=3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "trian" in err[0]
+
+
+def _family(tmp_path, recipe, *extra):
+    return load_config(recipe, [f"testbed.out={tmp_path / 'tb'}", *extra], schema=PipelineConfig)
+
+
+def test_model_family_is_validated(tmp_path, capsys):
+    from omnimem_train.commands.pipeline import MODEL_FAMILIES
+
+    assert PipelineConfig().model_family == "qwen2_5_omni" and set(MODEL_FAMILIES) == {"qwen2_5_omni", "vsalmonn2plus"}
+    for good in MODEL_FAMILIES:
+        assert _family(tmp_path, "recipes/testbed/pipeline_small.yaml", f"model_family={good}").model_family == good
+    for bad in ("qwen3", "Qwen2_5_Omni", "", "[vsalmonn2plus]", "null"):
+        with pytest.raises(ConfigError, match=r"model_family.*expected one of qwen2_5_omni \| vsalmonn2plus"):
+            _family(tmp_path, "recipes/testbed/pipeline_small.yaml", f"model_family={bad}")
+    assert main(["pipeline", "recipes/testbed/pipeline_small.yaml", "model_family=qwen3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model_family" in err[0] and "qwen3" in err[0]
+
+
+def test_each_family_picks_its_base_model_and_base_recipe(tmp_path):
+    """Unset base_model / train.recipe: the family's. Qwen2.5-Omni: the shipped base, trained by
+    base_full.yaml; video-SALMONN 2+: none ships, so base_vsalmonn2plus.yaml trains
+    builtin:testbed-vsalmonn2plus and the evaluation takes its output. Same testbed either way."""
+    omni = _family(tmp_path, None, "eval.recipe=recipes/eval/testbed.yaml")
+    assert (omni.model_family, omni.shipped_base, omni.uses_shipped_base) == ("qwen2_5_omni", "assets/testbed-base", True)
+    train_cfg, eval_cfg = stage_configs(omni)
+    assert omni.train_recipe == "recipes/testbed/base_full.yaml" and train_cfg.model_name_or_path == "builtin:testbed-omni"
+    assert eval_cfg.model_name_or_path == "assets/testbed-base"
+
+    vs = _family(tmp_path, None, "eval.recipe=recipes/eval/testbed.yaml", "model_family=vsalmonn2plus")
+    assert vs.shipped_base is None and not vs.uses_shipped_base  # trained even without train_base
+    train_cfg, eval_cfg = stage_configs(vs)
+    assert vs.train_recipe == "recipes/testbed/base_vsalmonn2plus.yaml"
+    assert train_cfg.model_name_or_path == "builtin:testbed-vsalmonn2plus"
+    assert eval_cfg.model_name_or_path == train_cfg.output_dir == "checkpoints/testbed-vsalmonn2plus-base"
+    assert train_cfg.dataset == eval_cfg.eval.manifest == str(tmp_path / "tb" / "manifest.jsonl")
+    # trained as the Omni base is: full context, every LLM weight, frozen cached towers, completion prompts
+    assert (train_cfg.compression, train_cfg.finetuning_type, train_cfg.train_encoders) == ("none", "full", "none")
+    assert train_cfg.cache_encoder_outputs and train_cfg.generation.answer_format == eval_cfg.generation.answer_format == "completion"
+    assert (train_cfg.media.video_fps, train_cfg.media.max_pixels) == (2.0, 78400)
+    # an explicit train.recipe or base_model still wins over the family's
+    own = _family(tmp_path, None, "eval.recipe=recipes/eval/testbed.yaml", "model_family=vsalmonn2plus",
+                  "train.recipe=recipes/testbed/base_vsalmonn2plus.yaml", "train.overrides=[model_name_or_path=builtin:tiny-vsalmonn2plus]")
+    assert stage_configs(own)[0].model_name_or_path == "builtin:tiny-vsalmonn2plus"
+
+
+def test_the_vsalmonn2plus_pipeline_recipe(tmp_path):
+    """recipes/testbed/pipeline_vsalmonn2plus.yaml: the family's base, the same testbed design and
+    questions as the Omni runs, full memory + OmniMem + the two strongest baselines at 1/16."""
+    pcfg = load_config("recipes/testbed/pipeline_vsalmonn2plus.yaml", [], schema=PipelineConfig)
+    small = load_config("recipes/testbed/pipeline_small.yaml", [], schema=PipelineConfig)
+    assert pcfg.model_family == "vsalmonn2plus" and not pcfg.uses_shipped_base and pcfg.tune.recipe is None
+    assert pcfg.testbed.spec() == small.testbed.spec() and pcfg.testbed.seed == small.testbed.seed
+    assert pcfg.testbed.train_questions == small.testbed.train_questions == 4
+    train_cfg, eval_cfg = stage_configs(pcfg)
+    assert train_cfg.model_name_or_path == "builtin:testbed-vsalmonn2plus"
+    assert eval_cfg.model_name_or_path == train_cfg.output_dir
+    assert eval_cfg.output_dir != stage_configs(small)[1].output_dir  # never mixes with the Omni results
+    assert (eval_cfg.eval.scorers, eval_cfg.eval.per_head_scorers) == (["omnimem", "value_norm"], ["snapkv"])
+    assert (eval_cfg.eval.budget_fractions, eval_cfg.eval.allocations) == ([0.0625], ["calibrated"])
+
+
+def test_a_base_of_another_family_is_refused(tmp_path):
+    """model_family must match the model evaluated: the shipped base, or the model the train stage
+    starts from. pipeline_small.yaml pins the Omni base and recipe, so switching its family alone is
+    refused before anything runs instead of evaluating an Omni model as video-SALMONN 2+."""
+    from omnimem_train.commands.pipeline import family_of
+
+    with pytest.raises(ConfigError, match="model_family: vsalmonn2plus, but the base_model assets/testbed-base "
+                                          "is a qwen2_5_omni model"):
+        stage_configs(_family(tmp_path, "recipes/testbed/pipeline_small.yaml", "model_family=vsalmonn2plus"))
+    with pytest.raises(ConfigError, match="train stage's model_name_or_path builtin:testbed-omni is a qwen2_5_omni"):
+        stage_configs(_family(tmp_path, "recipes/testbed/pipeline_small.yaml", "model_family=vsalmonn2plus",
+                              "train_base=true"))
+    with pytest.raises(ConfigError, match="builtin:testbed-vsalmonn2plus is a vsalmonn2plus model"):
+        stage_configs(_family(tmp_path, "recipes/testbed/pipeline_vsalmonn2plus.yaml", "model_family=qwen2_5_omni",
+                              "train_base=true", "train.recipe=recipes/testbed/base_vsalmonn2plus.yaml"))
+    # how a model's family is read: built-in names, config.json model_type (a release's qwen2_5_vl
+    # with an audio_config is video-SALMONN 2+; without one it is plain Qwen2.5-VL, no family here)
+    assert family_of("builtin:testbed-omni") == family_of("builtin:tiny-omni") == "qwen2_5_omni"
+    assert family_of("builtin:testbed-vsalmonn2plus") == family_of("builtin:tiny-vsalmonn2plus") == "vsalmonn2plus"
+    assert family_of("builtin:tiny-omnimem-qwen3vl") is None and family_of("builtin:tiny-llama") is None
+    assert family_of("assets/testbed-base") == "qwen2_5_omni"
+    for name, cfg, want in (("ours", {"model_type": "vsalmonn2plus"}, "vsalmonn2plus"),
+                            ("release", {"model_type": "qwen2_5_vl", "audio_config": {}}, "vsalmonn2plus"),
+                            ("plain-vl", {"model_type": "qwen2_5_vl"}, None),
+                            ("qwen3vl", {"model_type": "omnimem_qwen3vl"}, None)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(cfg))
+        assert family_of(str(tmp_path / name)) == want, name
+    assert family_of(str(tmp_path / "missing")) is None
 
 
 def _with_curriculum(tmp_path, *extra):

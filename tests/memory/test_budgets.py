@@ -1,7 +1,9 @@
 """Budgets: uniform split by rho, ratio, per-layer files (and their one-line errors), the relative
-budget (budget_fraction) and per-layer profiles scaled to equal memory, selection."""
+budget (budget_fraction) and per-layer profiles scaled to equal memory, selection; layer totals
+without a split (the release's budget-file form) as budgets both modalities share."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ from omnimem_train.memory.budgets import (
     largest_remainder,
     read_budget_file,
     scale_profile,
+    split_by_rho,
 )
 from omnimem_train.memory.registry import build_policy, known_methods
 from omnimem_train.memory.selection import select
@@ -175,3 +178,92 @@ def test_select_keeps_text_top_k_per_modality_in_order():
     assert select(scores, modality, Limits(audio=0, visual=0)).tolist() == [0, 4]
     assert select(scores, modality, Limits(audio=5, visual=5)) is None  # bigger than what exists: no-op
     assert select(scores, modality, Limits()) is None
+
+
+# --- layer totals without a split (the release's budget-file form) --------------------------------
+
+MODELS = Path(__file__).resolve().parents[2] / "recipes" / "models"
+
+
+def _decoder_layers(recipe: str) -> int:
+    cfg = json.loads((MODELS / recipe).read_text())
+    return cfg.get("text_config", cfg)["num_hidden_layers"]
+
+
+def test_a_release_budget_file_of_layer_totals_is_read_as_shared_budgets(tmp_path):
+    """36 ints for the 36-layer Qwen3-VL-8B config: each is one budget audio and visual share."""
+    n = _decoder_layers("omnimem-qwen3vl-8b.json")
+    assert n == 36
+    totals = [900 if i < 7 or i == n - 1 else 300 for i in range(n)]  # high early and in the last layer
+    f = tmp_path / "release.json"
+    f.write_text(json.dumps(totals))
+    assert read_budget_file(f, n) == tuple(totals)
+    b = budgets_from_config(MemoryConfig(scorer="omnimem", budget_file=str(f), rho=5.0), n)
+    for i, t in enumerate(totals):
+        lim = b.limits(i, {})
+        assert lim.pooled == t and (lim.audio, lim.visual) == split_by_rho(t, 5.0)  # its split sums to it
+    assert b.mean_total() == sum(totals) / n
+    blind = budgets_from_config(MemoryConfig(scorer="omnimem", budget_file=str(f), modality_aware=False), n)
+    assert blind.limits(0, {}) == Limits(pooled=900)
+    with pytest.raises(ConfigError, match=f"has 36 layers, the model has {_decoder_layers('vsalmonn2plus-7b.json')}"):
+        read_budget_file(f, _decoder_layers("vsalmonn2plus-7b.json"))
+
+
+def test_a_shared_layer_budget_lets_either_modality_take_all_of_it():
+    """A layer total is no split: when audio scores best, the layer may hold only audio, up to the total
+    (its ρ split alone would keep at most 1 audio token)."""
+    b = Budgets.of_layers([[1, 5], 6], rho=5.0)
+    scores = torch.tensor([9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
+    modality = torch.tensor([A, A, A, A, A, A, V, V, T])
+    assert select(scores, modality, b.limits(1, {})).tolist() == [0, 1, 2, 3, 4, 5, 8]  # 6 audio, no visual
+    assert select(scores, modality, b.limits(0, {})).tolist() == [0, 6, 7, 8]  # the pair: 1 audio, 2 visual
+
+
+def test_a_28_layer_file_mixes_pairs_and_totals(tmp_path):
+    n = _decoder_layers("vsalmonn2plus-7b.json")
+    assert n == 28
+    layers = [[40, 200] if i % 2 else 240 for i in range(n)]
+    f = tmp_path / "mixed.json"
+    f.write_text(json.dumps({"layers": layers}))
+    got = read_budget_file(f, n)
+    assert got == tuple(tuple(e) if isinstance(e, list) else e for e in layers)
+    b = budgets_from_config(MemoryConfig(scorer="omnimem", budget_file=str(f)), n)
+    assert b.limits(1, {}) == Limits(40, 200) and b.limits(0, {}).pooled == 240
+    assert b.shared_layers == frozenset(range(0, n, 2))
+    with pytest.raises(ConfigError, match="has 28 layers, the model has 36"):
+        read_budget_file(f, 36)
+
+
+@pytest.mark.parametrize("entry", [[1, 2, 3], 1.5, True, [], "12", None])
+def test_a_layer_entry_is_a_pair_or_one_integer(tmp_path, entry):
+    f = tmp_path / "b.json"
+    f.write_text(json.dumps([10, entry]))
+    with pytest.raises(ConfigError) as e:
+        read_budget_file(f, 2)
+    assert "layer 1: expected [audio, visual] integers or one integer" in str(e.value)
+    f.write_text(json.dumps([10, -3]))
+    with pytest.raises(ConfigError, match="layer 1: negative budget -3"):
+        read_budget_file(f, 2)
+
+
+def test_layer_totals_scale_as_a_profile_at_equal_memory(tmp_path):
+    """With budget or budget_fraction a file of totals is a profile: each total keeps its form (a shared
+    budget), the layers keep their ratio and the sum is the uniform cell's."""
+    assert scale_profile((124, (4, 20), 62, 38), 4 * 31) == (62, (2, 10), 31, 19)  # halved, forms kept
+    f = tmp_path / "totals.json"
+    f.write_text(json.dumps([600, 120, 300, 100]))
+    counts = {Modality.AUDIO: 100, Modality.VISUAL: 400}  # 1/16 -> 31 per layer
+    cal = budgets_from_config(MemoryConfig(scorer="omnimem", budget_fraction=0.0625, budget_file=str(f)), 4)
+    concrete = cal.for_stream(counts)
+    assert concrete.shared_layers == frozenset(range(4)) and concrete.mean_total() == 31
+    # 124 x (600, 120, 300, 100) / 1120 = 66.4, 13.3, 33.2, 11.1: the one leftover token to the largest remainder
+    assert [concrete.limits(i, {}).pooled for i in range(4)] == [67, 13, 33, 11]
+
+
+def test_frame_drop_under_layer_totals_caps_each_modality_by_the_tightest_split():
+    """Frame dropping caps modalities before the LLM: a shared layer's cap is its ρ split, so the kept
+    steps fit every layer's total."""
+    from omnimem_train.memory.policies.frame_drop import FrameDropPolicy
+
+    caps = FrameDropPolicy(Budgets.of_layers([60, [20, 100]], rho=5.0))._caps()
+    assert caps == {Modality.AUDIO: 10, Modality.VISUAL: 50}

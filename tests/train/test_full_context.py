@@ -64,9 +64,9 @@ def _batched_vs_streaming(model, ad, make_media, specs, group_size, param_names)
     calls = []
     real = ad.decoder_hidden
 
-    def counting(embeds, positions, mask):
+    def counting(embeds, positions, mask, layer_adds=None):
         calls.append(tuple(embeds.shape))
-        return real(embeds, positions, mask)
+        return real(embeds, positions, mask, layer_adds)
 
     ad.decoder_hidden = counting
     try:
@@ -190,7 +190,8 @@ def test_pad_batch_shapes_mask_and_contents():
     for n, p0 in ((2, 0), (5, 10), (3, 100)):
         rows.append(StreamPiece(torch.randn(n, d), torch.zeros(n, dtype=torch.long),
                                 torch.arange(p0, p0 + 3 * n).view(3, n)))
-    embeds, positions, mask = pad_batch(rows)
+    embeds, positions, mask, adds = pad_batch(rows)
+    assert adds is None  # no row carries layer_adds
     assert embeds.shape == (3, 5, d) and positions.shape == (3, 3, 5) and mask.shape == (3, 5)
     assert mask.tolist() == [[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
     for b, r in enumerate(rows):
@@ -205,10 +206,32 @@ def test_pad_batch_keeps_dtype_and_gradients():
     rows = [StreamPiece(leaf, torch.zeros(2, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long)),
             StreamPiece(torch.zeros(4, 3, dtype=torch.float64), torch.zeros(4, dtype=torch.long),
                         torch.zeros(1, 4, dtype=torch.long))]
-    embeds, positions, mask = pad_batch(rows)
+    embeds, positions, mask, _ = pad_batch(rows)
     assert embeds.dtype == torch.float64 and positions.shape == (1, 2, 4)
     embeds.sum().backward()
     assert torch.equal(leaf.grad, torch.ones_like(leaf))
+
+
+def test_pad_batch_carries_layer_adds_padded_with_zeros():
+    """Rows with layer_adds of different depths, and a row without any: (K, B, L, D) with K the
+    deepest, each row's features in place and zeros everywhere else (padding, missing layers)."""
+    d = 3
+    deep2 = torch.randn(2, 4, d, dtype=torch.float64, requires_grad=True)
+    deep1 = torch.randn(1, 2, d, dtype=torch.float64)
+    rows = [StreamPiece(torch.zeros(4, d, dtype=torch.float64), torch.zeros(4, dtype=torch.long),
+                        torch.zeros(3, 4, dtype=torch.long), layer_adds=deep2),
+            StreamPiece(torch.zeros(3, d, dtype=torch.float64), torch.zeros(3, dtype=torch.long),
+                        torch.zeros(3, 3, dtype=torch.long)),
+            StreamPiece(torch.zeros(2, d, dtype=torch.float64), torch.zeros(2, dtype=torch.long),
+                        torch.zeros(3, 2, dtype=torch.long), layer_adds=deep1)]
+    _, _, mask, adds = pad_batch(rows)
+    assert adds.shape == (2, 3, 4, d) and adds.dtype == torch.float64
+    assert torch.equal(adds[:, 0], deep2)
+    assert adds[:, 1].abs().sum() == 0  # a row without features
+    assert torch.equal(adds[0, 2, :2], deep1[0]) and adds[0, 2, 2:].abs().sum() == 0  # right padding
+    assert adds[1, 2].abs().sum() == 0  # a layer the row has no features for
+    adds.sum().backward()
+    assert torch.equal(deep2.grad, torch.ones_like(deep2))  # the features keep their gradient
 
 
 def test_single_example_equals_answer_loss_without_media():

@@ -38,3 +38,15 @@ def test_collate_writes_answers_in_the_format(answer_format, target):
 def test_collate_defaults_to_letters():
     mc, _ = collate(_rows(_samples()))
     assert mc.answer == "C. blue"
+
+
+def test_only_the_main_process_writes_the_model(tmp_path):
+    """Under DeepSpeed every rank calls `_save`; a rank that is not the main process writes nothing
+    (its own ZeRO-3 state would hold 0-element placeholders and race the gathered tensors)."""
+    from types import SimpleNamespace
+
+    from omnimem_train.train.trainer import StreamingTrainer
+
+    other_rank = SimpleNamespace(args=SimpleNamespace(should_save=False, output_dir=str(tmp_path / "run")))
+    StreamingTrainer._save(other_rank, str(tmp_path / "run" / "checkpoint-1"))
+    assert not (tmp_path / "run").exists()
