@@ -2,10 +2,14 @@
 
 Run (from the repository root, with the project's venv):
 
-    python benchmarks/scale.py                      # the recorded run: 3 decoders, 1 layer each (~8 min on 2 cores)
-    python benchmarks/scale.py --models omni-7b --layers 2
-    python benchmarks/scale.py --quick              # smoke run: 1 decoder, 1 and 5 minutes, omnimem only (~1 min)
+    python benchmarks/scale.py                      # the recorded run: 3 decoders, 1 layer each (~10 min on 2 cores)
+    python benchmarks/scale.py --models omni-7b --layers 2 --minutes 1 --policies omnimem   # per-layer check
+    python benchmarks/scale.py --quick              # smoke run: omni-7b, 1 and 5 minutes, omnimem only (~1 min)
     python benchmarks/scale.py --out /tmp/scale.md  # also write the table and the ratios as markdown
+
+Full memory is measured once per decoder shape (video-SALMONN 2+ 7B has the Qwen2.5-Omni-7B
+decoder; `--all-full` measures it for every model). The exit status is 1 when OmniMem's stream
+peak at the longest stream exceeds 1.05 x that at the shortest for some decoder, or a worker died.
 
 What runs. Random-weight decoders with the real widths, heads, KV heads, head dims and MLP sizes
 (`MODELS`), `--layers` of them (not the full depth), bf16, sdpa attention, CPU. The encoders are not
@@ -86,11 +90,11 @@ FLAT_TARGET = 1.05
 # 4 KV heads, head_dim 128, MLP 18944, mrope_section [16, 24, 24]); video-SALMONN 2+ 7B and the
 # OmniMem Qwen3-VL-8B from the release configs in recipes/models/.
 MODELS = {
-    "omni-7b": {"label": "Qwen2.5-Omni-7B thinker", "config": None, "depth": 28},
+    "omni-7b": {"label": "Qwen2.5-Omni-7B thinker", "config": None, "depth": 28, "decoder": "Qwen2.5-7B"},
     "vsalmonn2plus-7b": {"label": "video-SALMONN 2+ 7B (Qwen2.5-VL-7B)",
-                         "config": "recipes/models/vsalmonn2plus-7b.json", "depth": 28},
+                         "config": "recipes/models/vsalmonn2plus-7b.json", "depth": 28, "decoder": "Qwen2.5-7B"},
     "omnimem-qwen3vl-8b": {"label": "OmniMem Qwen3-VL-8B",
-                           "config": "recipes/models/omnimem-qwen3vl-8b.json", "depth": 36},
+                           "config": "recipes/models/omnimem-qwen3vl-8b.json", "depth": 36, "decoder": "Qwen3-8B"},
 }
 GIB = 2**30
 
@@ -398,6 +402,23 @@ class LayerClock:
             h.remove()
 
 
+class single_thread:
+    """Run a block on one intra-op thread: laying out the stream is thousands of small tensor ops,
+    which on a loaded 2-core machine are ~100x slower with 2 threads (their barriers wait on the
+    other jobs) than with 1."""
+
+    def __enter__(self):
+        import torch
+
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.threads)
+
+
 def trim_memory() -> None:
     """Collect garbage and hand freed heap pages back to the kernel (glibc), so RSS follows tensors."""
     gc.collect()
@@ -410,18 +431,23 @@ def trim_memory() -> None:
 
 
 def need_bytes(info: dict, n_layers: int, mem_tokens: int, extra_per_token: int, dtype_bytes: int) -> dict:
-    """Estimate (bytes) of what a case holds at its peak beyond the loaded decoder, from the KV size."""
+    """Estimate (bytes) of what a case holds at its peak beyond the loaded decoder, from the KV size:
+    the memory before and after the group (old and new coexist until the group commits), the
+    additive mask over [memory ; group], the keys/values sdpa repeats to every query head when a mask
+    is given, the group's own embeddings (and DeepStack features), its queries and attention output,
+    and the MLP's three intermediate tensors plus a few hidden-size ones."""
     kv_tok = 2 * info["kv_heads"] * info["head_dim"] * dtype_bytes
     per_tok = kv_tok + extra_per_token + 5 * 8  # keys+values, policy state, positions/modality/index
     n_kv = mem_tokens + GROUP
-    parts = {
+    q_width = info["heads"] * info["head_dim"]
+    return {
         "memory before": n_layers * mem_tokens * per_tok,
         "memory after": n_layers * n_kv * per_tok,
         "mask": GROUP * n_kv * dtype_bytes,
-        "k/v repeated to every head": 2 * info["heads"] * info["head_dim"] * n_kv * dtype_bytes,
+        "k/v repeated to every head": 2 * q_width * n_kv * dtype_bytes,
+        "group, queries, attention output": GROUP * ((1 + info["deepstack"]) * info["hidden"] + 2 * q_width) * dtype_bytes,
         "activations": GROUP * (3 * info["intermediate"] + 8 * info["hidden"]) * dtype_bytes,
     }
-    return parts
 
 
 # --- worker: all cases of one decoder in one fresh process ------------------------------------------
@@ -450,11 +476,13 @@ def run_model(key: str, layers: int, minutes: list[float], policies: list[str], 
     trim_memory()
     rss_loaded = proc_status("VmRSS")
     info.update(rss_start_mib=rss_start, rss_loaded_mib=rss_loaded)
+    print("INFO " + json.dumps(info), flush=True)
     rows = []
     for m in minutes:
         seconds = 60.0 * m
         # Enough stream after T for one group (the slowest rate, Qwen3-VL's ~83 tokens/s, needs ~200 s).
-        positions, modality, next_pos, group = split_at(stream(ad, seconds + 400, side), seconds, GROUP)
+        with single_thread():
+            positions, modality, next_pos, group = split_at(stream(ad, seconds + 400, side), seconds, GROUP)
         counts = {mod.name.lower(): int((modality == int(mod)).sum()) for mod in Modality}
         for pol in policies:
             policy = make_policy("full", layers) if pol == "full" else make_policy(pol, layers, budget=budget)
@@ -464,28 +492,41 @@ def run_model(key: str, layers: int, minutes: list[float], policies: list[str], 
             extra = sum(v[:1].numel() * v.element_size()
                         for v in policy.new_token_extras(torch.zeros(1, info["hidden"], dtype=torch_dtype)).values())
             mem_tokens = int(modality.shape[0]) if pol == "full" else min(int(modality.shape[0]), budget + counts["text"])
-            parts = need_bytes(info, layers, mem_tokens, extra, torch.finfo(torch_dtype).bits // 8)
+            dtype_bytes = torch.finfo(torch_dtype).bits // 8
+            parts = need_bytes(info, layers, mem_tokens, extra, dtype_bytes)
             need = rss_loaded * 2**20 + sum(parts.values())
             if need > ram_limit_gib * GIB:
-                kv_full_depth = info["depth"] * mem_tokens * 2 * info["kv_heads"] * info["head_dim"] * 2
+                kv_full_depth = info["depth"] * mem_tokens * 2 * info["kv_heads"] * info["head_dim"] * dtype_bytes
                 row.update(status="skipped", need_gib=need / GIB, need_parts={k: v / GIB for k, v in parts.items()},
                            kv_full_depth_gib=kv_full_depth / GIB)
                 print(f"  {key} {m:g} min {pol}: skipped, would need {need / GIB:.1f} GiB "
                       f"(> {ram_limit_gib:.1f}); KV at {info['depth']} layers: {kv_full_depth / GIB:.1f} GiB",
                       file=sys.stderr, flush=True)
+                print("ROW " + json.dumps(row), flush=True)
                 rows.append(row)
                 continue
-            state = rebuilt_state(engine, positions, modality, next_pos, torch_dtype)
+            with single_thread():
+                state = rebuilt_state(engine, positions, modality, next_pos, torch_dtype)
             before = retained_bytes(state.layers)
             per_layer_before = [m_.n for m_ in state.layers]
+            text_before = state.layers[0].count(Modality.TEXT)
             trim_memory()
             rss_before = proc_status("VmRSS")
             reset_hwm()
             clock = LayerClock(ad.decoder_layers)
-            end = []
+            end, selection = [], [0.0]
+            update = policy.update
+
+            def timed_update(ctx, update=update, selection=selection):  # the policy's choice (scoring, top-k, take)
+                t = time.perf_counter()
+                out = update(ctx)
+                selection[0] += time.perf_counter() - t
+                return out
+
+            policy.update = timed_update
             t_start = time.perf_counter()
             with torch.inference_mode():
-                state, _ = engine.prefill([group], state=state, on_group=lambda s, n: end.append(time.perf_counter()))
+                state, _ = engine.prefill([group], state=state, on_group=lambda s, n, end=end: end.append(time.perf_counter()))
             clock.remove()
             hwm = proc_status("VmHWM")
             after = retained_bytes(state.layers)
@@ -493,13 +534,17 @@ def run_model(key: str, layers: int, minutes: list[float], policies: list[str], 
             spans = [b - a for a, b in zip(starts, starts[1:] + [end[0]])]
             row.update(
                 status="ok", group_s=end[0] - t_start, fixed_s=starts[0] - t_start, layer_s=spans,
+                selection_s=selection[0],
                 memory_tokens_before=per_layer_before, memory_tokens_after=[m_.n for m_ in state.layers],
+                text_before=text_before, text_after=state.layers[0].count(Modality.TEXT),
                 retained_before=before, retained_after=after, rss_before_mib=rss_before, hwm_mib=hwm,
                 load1=os.getloadavg()[0],
             )
-            print(f"  {key} {m:g} min {pol}: group {row['group_s']:.1f} s, memory {per_layer_before[0]:,} -> "
-                  f"{row['memory_tokens_after'][0]:,} tokens/layer, peak RSS {hwm:,.0f} MiB",
+            print(f"  {key} {m:g} min {pol}: group {row['group_s']:.1f} s (selection {selection[0]:.1f} s), memory {per_layer_before[0]:,} -> "
+                  f"{row['memory_tokens_after'][0]:,} tokens/layer, peak RSS {hwm:,.0f} MiB (loaded {rss_loaded:,.0f}, "
+                  f"before the group {rss_before:,.0f}, retained before {before / 2**20:,.0f} MiB)",
                   file=sys.stderr, flush=True)
+            print("ROW " + json.dumps(row), flush=True)
             rows.append(row)
             del state, engine, policy
             trim_memory()
@@ -510,17 +555,24 @@ def run_model(key: str, layers: int, minutes: list[float], policies: list[str], 
 
 def _worker(spec: str) -> None:
     repo_on_path()
-    print("RESULT " + json.dumps(run_model(**json.loads(spec))), flush=True)
+    run_model(**json.loads(spec))  # reports on stdout as it goes: INFO once, then one ROW per case
 
 
 def spawn_model(case: dict) -> dict:
-    """Run one decoder's cases in a fresh interpreter; its progress lines pass through (stderr)."""
+    """Run one decoder's cases in a fresh interpreter; its progress lines pass through (stderr). A
+    worker that dies (e.g. killed for memory) keeps the cases it finished, and says so."""
+    # Every allocation of 256 KiB or more is its own mapping, returned to the kernel on free (glibc
+    # otherwise raises this threshold as tensors are freed and keeps later ones in its heap), so the
+    # process RSS follows the live tensors and its high-water mark is the tensors' peak.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="262144", MALLOC_TRIM_THRESHOLD_="262144")
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(case)],
-                          stdout=subprocess.PIPE, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"worker failed (exit {proc.returncode}) for {case}")
-    return json.loads(lines[-1][len("RESULT "):])
+                          stdout=subprocess.PIPE, text=True, env=env)
+    info = [json.loads(ln[5:]) for ln in proc.stdout.splitlines() if ln.startswith("INFO ")]
+    rows = [json.loads(ln[4:]) for ln in proc.stdout.splitlines() if ln.startswith("ROW ")]
+    if not info:
+        raise SystemExit(f"worker failed (exit {proc.returncode}) before any case: {case}")
+    died = None if proc.returncode == 0 else f"worker exited with status {proc.returncode} after {len(rows)} cases"
+    return {"info": info[0], "rows": rows, "died": died}
 
 
 # --- driver: tables and ratios ------------------------------------------------------------------------
@@ -548,9 +600,9 @@ def _gib(x: float) -> str:
 
 
 def format_tables(results: list[dict]) -> str:
-    head = ("| decoder | stream | stream tokens | policy | memory tokens/layer before → after | "
-            "group s (n layers) | s per layer | stream peak GiB (n layers) | retained GiB before/after (n layers) | "
-            "group s at full depth | tokens/s at full depth | decoder GiB at full depth |")
+    head = ("| decoder (layers run / depth) | stream | stream tokens | policy | memory tokens per layer before → after | "
+            "group s | of which selection s | s per layer | stream peak GiB | retained GiB before / after | "
+            "full depth: group s | full depth: tokens/s | full depth: decoder GiB |")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for res in results:
         info = res["info"]
@@ -558,13 +610,13 @@ def format_tables(results: list[dict]) -> str:
             name = f"{info['key']} ({info['layers']}/{info['depth']})"
             base = f"| {name} | {r['minutes']:g} min | {r['stream_tokens']:,} | {r['policy']} |"
             if r["status"] != "ok":
-                out.append(f"{base} skipped: would need {r['need_gib']:.1f} GiB | | | | | | | "
+                out.append(f"{base} skipped: would need {r['need_gib']:.1f} GiB | | | | | | | | "
                            f"KV alone {r['kv_full_depth_gib']:.1f} GiB |")
                 continue
             e = extrapolate(info, r)
             out.append(
                 f"{base} {r['memory_tokens_before'][0]:,} → {r['memory_tokens_after'][0]:,} | {r['group_s']:.1f} | "
-                f"{e['per_layer_s']:.1f} | {_gib(e['stream_peak'])} | {_gib(r['retained_before'])} / "
+                f"{r['selection_s']:.1f} | {e['per_layer_s']:.1f} | {_gib(e['stream_peak'])} | {_gib(r['retained_before'])} / "
                 f"{_gib(r['retained_after'])} | {e['time_full']:.0f} | {GROUP / e['time_full']:,.0f} | "
                 f"{_gib(e['mem_full'])} |")
     return "\n".join(out)
@@ -591,9 +643,12 @@ def ratio_lines(results: list[dict]) -> tuple[list[str], bool]:
                 passed = peak <= FLAT_TARGET
                 ok &= passed
                 verdict = f" (target <= {FLAT_TARGET}: {'PASS' if passed else 'FAIL'})"
+            media = [r["memory_tokens_after"][0] - r["text_after"] for r in (a, b)]
             lines.append(
                 f"{info['key']:>18} {pol:>7}: {b['minutes']:g} min / {a['minutes']:g} min: stream peak {peak:.3f}{verdict}; "
-                f"at full depth {full_depth:.3f}; retained memory {kept:.3f}; group time {b['group_s'] / a['group_s']:.2f}")
+                f"at full depth {full_depth:.3f}; retained memory {kept:.3f} (layer 0 after the group: audio+visual "
+                f"{media[0]:,} -> {media[1]:,}, text {a['text_after']:,} -> {b['text_after']:,} tokens); "
+                f"group time {b['group_s'] / a['group_s']:.2f}")
     return lines, ok
 
 
@@ -624,10 +679,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=1, help="decoder layers built and run (default 1)")
     p.add_argument("--minutes", type=float, nargs="+", default=list(MINUTES), help="stream lengths (default 1 5 15)")
     p.add_argument("--policies", nargs="+", default=["omnimem", "full"], choices=["omnimem", "full"])
+    p.add_argument("--all-full", action="store_true",
+                   help="measure full memory for every model (default: once per decoder shape; video-SALMONN 2+ 7B "
+                        "has the Qwen2.5-Omni-7B decoder)")
     p.add_argument("--frame-side", type=int, default=280, help="frame side in px before the model's rounding (default 280)")
     p.add_argument("--budget", type=int, default=BUDGET, help="omnimem: audio+visual tokens per layer (default 8192)")
     p.add_argument("--ram-limit-gib", type=float, default=None,
-                   help="skip a case whose estimated need exceeds this (default: 70%% of MemAvailable at start)")
+                   help="skip a case whose estimated need exceeds this (default: 75%% of MemAvailable at start)")
     p.add_argument("--quick", action="store_true", help="smoke run: omni-7b, 1 and 5 minutes, omnimem only")
     p.add_argument("--out", type=Path, default=None, help="also write the tables and ratios as markdown here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -640,8 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.layers < 1:
         p.error("--layers must be >= 1")
     minutes = sorted(set(args.minutes))
-    ram_limit = args.ram_limit_gib if args.ram_limit_gib is not None else 0.7 * mem_available_gib()
-    started = time.strftime("%H:%M:%S")
+    ram_limit = args.ram_limit_gib if args.ram_limit_gib is not None else 0.75 * mem_available_gib()
     load_start = os.getloadavg()
     others_start = other_processes({os.getpid()})
     print(f"scale benchmark: {', '.join(args.models)}; {args.layers} layer(s) each, bf16, sdpa, CPU "
@@ -649,9 +706,17 @@ def main(argv: list[str] | None = None) -> int:
           f"RAM limit {ram_limit:.1f} GiB; load average {load_start[0]:.2f}; python {platform.python_version()}",
           flush=True)
     t_all = time.perf_counter()
-    results = []
+    results, full_done, shared = [], {}, []
     for key in args.models:
-        case = dict(key=key, layers=args.layers, minutes=minutes, policies=args.policies, side=args.frame_side,
+        policies = list(args.policies)
+        decoder = MODELS[key]["decoder"]
+        if "full" in policies and not args.all_full and decoder in full_done:
+            policies.remove("full")
+            shared.append(f"{key}: full memory not run: same decoder ({decoder}) as {full_done[decoder]}, whose full-memory "
+                          f"cost at a given memory length it shares (--all-full runs it)")
+        elif "full" in policies:
+            full_done[decoder] = key
+        case = dict(key=key, layers=args.layers, minutes=minutes, policies=policies, side=args.frame_side,
                     budget=args.budget, ram_limit_gib=ram_limit)
         results.append(spawn_model(case))
     total = time.perf_counter() - t_all
@@ -669,7 +734,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{i['layer_weight_bytes'] / GIB:.2f} GiB per layer; frames {i['frame_side']}px; "
                      f"{minutes[-1]:g}-min stream: {rates}; loaded RSS {i['rss_loaded_mib']:,.0f} MiB "
                      f"(built in {i['build_s']:.0f} s); torch {i['torch']}, {i['threads']} threads")
-    notes.append(f"started {started}, total {total:.0f} s; load average {load_start[0]:.2f} at start, "
+    notes += shared + [f"{res['info']['key']}: {res['died']}" for res in results if res["died"]]
+    notes.append(f"total {total:.0f} s; load average {load_start[0]:.2f} at start, "
                  f"{load_end[0]:.2f} at the end")
     notes.append("other processes at start: " + ("; ".join(others_start) or "none above 5 % CPU"))
     notes.append("other processes at the end: " + ("; ".join(others_end) or "none above 5 % CPU"))
@@ -682,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(table + "\n\n```\n" + "\n".join(lines + notes) + "\n```\n")
-    return 0 if ok else 1
+    return 0 if ok and not any(res["died"] for res in results) else 1
 
 
 if __name__ == "__main__":

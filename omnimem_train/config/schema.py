@@ -489,6 +489,13 @@ class Config:
     gradient_checkpointing: bool = field(
         default=True, metadata={"help": "recompute each streaming group in backward (memory bounded by the budget)"}
     )
+    memory_grad_groups: int | str = field(
+        default="all",
+        metadata={"help": "all | k: how many of a stream's last groups the gradient reaches through the retained "
+                          "memory (compression: streaming). all: every group (activation memory grows with the "
+                          "stream). k >= 1: the last k; older groups run without autograd and their memory is used "
+                          "detached, so activation memory stays flat in the stream's length"},
+    )
     dataloader_num_workers: int = field(default=0, metadata={"help": "data loader worker processes"})
 
     def __post_init__(self) -> None:
@@ -535,6 +542,11 @@ class Config:
         _int(self, "save_total_limit", ge=1, optional=True)
         _choice(self, "report_to", ("wandb", "none"))
         _int(self, "dataloader_num_workers", ge=0)
+        k = self.memory_grad_groups
+        _require(k == "all" or (isinstance(k, int) and not isinstance(k, bool) and k >= 1), "memory_grad_groups", k,
+                 "all or an int >= 1")
+        _require(k == "all" or self.compression == "streaming", "memory_grad_groups", k,
+                 "all with compression: none (the full-context loss runs one group)", related=("compression",))
         _bool(self, "cache_encoder_outputs")
         _bool(self, "group_by_media")
         _choice(self, "train_encoders", TRAIN_ENCODERS)

@@ -8,12 +8,16 @@ why the engine drives the decoder layers itself instead of calling `model.forwar
 shared cache. Retained keys keep the RoPE of their original positions; nothing is re-indexed.
 
 The same loop serves the question, option scoring and token-by-token decoding (groups that are
-never evicted), and — run with gradients — training.
+never evicted), and — run with gradients — training. In training, `prefill(grad_groups=k)` lets
+gradients through the retained memory reach only the stream's last k groups: the older groups run
+without autograd, so training memory does not grow with the stream's length.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import dataclasses
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -51,6 +55,35 @@ def group_mask(n_mem: int, n_new: int, dtype: torch.dtype, device) -> torch.Tens
     causal = torch.ones(n_new, n_new, dtype=torch.bool, device=device).triu(1)
     mask[0, 0, :, n_mem:].masked_fill_(causal, torch.finfo(dtype).min)
     return mask
+
+
+def detached_memory(memory: LayerMemory | None) -> LayerMemory | None:
+    """`memory` cut from the autograd graph: its keys/values, bookkeeping and every tensor of the
+    policy's per-token state (`extras`) detached (the same storage, no copy)."""
+    if memory is None:
+        return None
+    cut = {}
+    for f in dataclasses.fields(memory):
+        value = getattr(memory, f.name)
+        if isinstance(value, torch.Tensor):
+            value = value.detach()
+        elif isinstance(value, dict):
+            value = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in value.items()}
+        cut[f.name] = value
+    return LayerMemory(**cut)
+
+
+def _last_k_flags(groups: Iterable[StreamPiece], k: int) -> Iterator[tuple[StreamPiece, bool]]:
+    """-> (group, whether it is one of the last k groups) for each group, in order. Looks k groups
+    ahead: a group is handed out once k more have arrived (then it is not among the last k) or once
+    the stream has ended."""
+    ahead: deque[StreamPiece] = deque()
+    for group in groups:
+        ahead.append(group)
+        if len(ahead) > k:
+            yield ahead.popleft(), False
+    while ahead:
+        yield ahead.popleft(), True
 
 
 @dataclass
@@ -111,19 +144,42 @@ class StreamingEngine:
         on_group: Callable[[StreamState, int], None] | None = None,
         collect_logits: bool = False,
         checkpoint: bool = False,
+        grad_groups: int | None = None,
     ) -> tuple[StreamState, torch.Tensor | None]:
         """Stream `pieces` in groups with eviction after every layer.
 
         Returns the state and, if `collect_logits`, the (N, vocab) logits of every stream token
         (only meaningful for checks: a real stream never materialises them). `checkpoint`: see
         `forward` (training).
+
+        grad_groups: None: every group runs with autograd (if enabled), so gradients reach every
+        group through the retained memory. k >= 1: only this call's last k groups do. The groups
+        before them run under `torch.no_grad` (their activations are freed at once), and the memory
+        the first of the last k groups reads is detached (`detached_memory`) whenever a group ran
+        before it (in this call or an earlier one). To know which groups are the last k, the groups
+        are cut k ahead of the decoder (at most k groups of pieces wait). The values computed are
+        the same as with None; with at most k groups and a fresh state, the gradients are too.
         """
+        if grad_groups is not None and (isinstance(grad_groups, bool) or not isinstance(grad_groups, int)
+                                        or grad_groups < 1):
+            raise ValueError(f"grad_groups must be None or an int >= 1, got {grad_groups!r}")
         state = state or self.new_state()
         logits = []
         pieces = self.policy.filter_stream(pieces)
-        for group in iter_groups(pieces, self.group_size, self.group_seconds):
-            out = self.forward(state, group, evict=True, want_logits="all" if collect_logits else "none",
-                               checkpoint=checkpoint)
+        groups = iter_groups(pieces, self.group_size, self.group_seconds)
+        flagged = ((g, True) for g in groups) if grad_groups is None else _last_k_flags(groups, grad_groups)
+        cut = False  # the memory the first of the last k groups reads is detached (once)
+        for group, in_window in flagged:
+            if not in_window:
+                with torch.no_grad():
+                    out = self.forward(state, group, evict=True, want_logits="all" if collect_logits else "none")
+            else:
+                if grad_groups is not None and not cut:
+                    if state.groups > 0:
+                        state.layers = [detached_memory(m) for m in state.layers]
+                    cut = True
+                out = self.forward(state, group, evict=True, want_logits="all" if collect_logits else "none",
+                                   checkpoint=checkpoint)
             if collect_logits:
                 logits.append(out)
             if on_group is not None:

@@ -1,6 +1,8 @@
 """The training objective: the *same* group-wise (compressed) streaming forward as inference,
 with gradients through the retained memory into earlier groups, and cross-entropy on the answer
-tokens only (METHOD §5).
+tokens only (METHOD §5). `grad_groups` bounds how far back that gradient reaches: only the stream's
+last k groups run with autograd (`StreamingEngine.prefill(grad_groups=k)`), so activation memory
+stays flat in the stream's length.
 
 `StreamingObjective` is the module the Trainer (and DeepSpeed/DDP) wraps: its forward takes a batch
 of manifest rows and returns the mean loss, so the distributed wrappers see a normal forward call.
@@ -65,6 +67,9 @@ class StreamingObjective(nn.Module):
     budget_range: (low, high): each batch streams under a budget_fraction drawn log-uniformly in
                    [low, high] (torch's RNG, so a resumed run draws the same), for one model that
                    works at many budgets; None: the policy's own budget.
+    grad_groups:   None (`memory_grad_groups: all`): gradients reach every group through the retained
+                   memory. k: only the stream's last k groups (older memory is used detached; see
+                   `StreamingEngine.prefill`).
     train_encoders: which towers run with autograd; with "audio" the vision tower runs without it and
                    the audio is re-encoded from the log-mel (`EncoderCache(train_audio=True)`, which
                    keeps nothing when no cache is asked for).
@@ -72,7 +77,7 @@ class StreamingObjective(nn.Module):
 
     def __init__(self, inner: nn.Module, adapter: ModelAdapter, engine: StreamingEngine | None, media: MediaConfig,
                  system_prompt: str, checkpoint: bool = True, train_encoders: str = "none", cache: EncoderCache | None = None, answer_format: str = "letter",
-                 budget_range: tuple[float, float] | None = None):
+                 budget_range: tuple[float, float] | None = None, grad_groups: int | None = None):
         super().__init__()
         if cache is not None and train_encoders in ("vision", "all"):
             raise ValueError("an encoder cache needs a frozen vision tower (train_encoders: none or audio)")
@@ -86,6 +91,7 @@ class StreamingObjective(nn.Module):
         self.system_prompt, self.checkpoint, self.train_encoders = system_prompt, checkpoint, train_encoders
         self.cache, self.answer_format = cache, answer_format
         self.budget_range = budget_range
+        self.grad_groups = grad_groups
         self.last_reports: list[MemoryReport] = []
 
     def train(self, mode: bool = True) -> StreamingObjective:
@@ -119,7 +125,7 @@ class StreamingObjective(nn.Module):
         losses = []
         for ex, prefix, questions in streams.values():
             pieces = self.engine.start_stream(*self._stream(ex, prefix))
-            state, _ = self.engine.prefill(pieces, checkpoint=self.checkpoint)
+            state, _ = self.engine.prefill(pieces, checkpoint=self.checkpoint, grad_groups=self.grad_groups)
             report = state.report()
             for q_ids, a_ids in questions:  # nothing is committed: each question sees the same memory
                 losses.append(answer_loss(self.engine, state, q_ids, a_ids))

@@ -82,7 +82,8 @@ def build_objective(cfg):
     objective = StreamingObjective(inner, adapter, engine, cfg.media, cfg.generation.system_prompt,
                                    checkpoint=cfg.gradient_checkpointing, train_encoders=towers,
                                    cache=cache, answer_format=cfg.generation.answer_format,
-                                   budget_range=tuple(cfg.train_budget_fractions) or None)
+                                   budget_range=tuple(cfg.train_budget_fractions) or None,
+                                   grad_groups=None if cfg.memory_grad_groups == "all" else cfg.memory_grad_groups)
     return objective, adapter
 
 
