@@ -140,16 +140,17 @@ def test_probe_fits_the_model_and_carries_deepstack(name, monkeypatch, omnimem_h
     assert ((with_adds - without).abs().max() > 1e-4) == (name == "tiny-omnimem-qwen3vl")
 
 
-@pytest.fixture(scope="module")
-def zero3_qwen3vl(export_manifest, tmp_path_factory, omnimem_home):
-    """checkpoint-1 of a 1-step, 2-process ZeRO-3 run on builtin:tiny-omnimem-qwen3vl, LoRA plus the
-    Q-Former and audio projection (about 40-70 s on 2 cores)."""
-    out = tmp_path_factory.mktemp("zero3_qwen3vl") / "run"
+@pytest.fixture(scope="module", params=["tiny-vsalmonn2plus", "tiny-omnimem-qwen3vl"])
+def zero3_run(request, export_manifest, tmp_path_factory, omnimem_home):
+    """(built-in, checkpoint-1) of a 1-step, 2-process ZeRO-3 run, LoRA plus the Q-Former and audio
+    projection (about 40-70 s on 2 cores each)."""
+    name = request.param
+    out = tmp_path_factory.mktemp(f"zero3_{name}") / "run"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
                                                             "MASTER_PORT", "ACCELERATE_USE_DEEPSPEED")}
     env.update(NPROC_PER_NODE="2", NUM_GPUS="0", MASTER_PORT=str(33500 + (os.getpid() % 2000)),
                PYTHON=sys.executable, OMNIMEM_HOME=omnimem_home)
-    cmd = ["bash", "launch.sh", RECIPE["tiny-omnimem-qwen3vl"], "deepspeed=zero3", f"dataset={export_manifest}",
+    cmd = ["bash", "launch.sh", RECIPE[name], "deepspeed=zero3", f"dataset={export_manifest}",
            f"output_dir={out}", "report_to=none", "max_steps=1", "save_steps=1", "per_device_train_batch_size=1",
            "learning_rate=1e-2", "memory.budget=6", "lora_modules_to_save=[qformer,audio_proj]"]
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -160,28 +161,29 @@ def zero3_qwen3vl(export_manifest, tmp_path_factory, omnimem_home):
     adapter = load_file(str(ckpt / "adapter_model.safetensors"))
     assert adapter and all(v.numel() > 0 for v in adapter.values())  # ZeRO-3 gathered real weights
     assert any(".qformer." in k for k in adapter) and any(".audio_proj." in k for k in adapter)
-    return ckpt
+    return name, ckpt
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["gathered", "consolidated"])
-def test_zero3_checkpoint_exports_base_plus_adapter(zero3_qwen3vl, tmp_path, case):
-    src = zero3_qwen3vl
+def test_zero3_checkpoint_exports_base_plus_adapter(zero3_run, tmp_path, case):
+    name, ckpt = zero3_run
+    src = ckpt
     if case == "consolidated":  # no adapter file: the weights come from the DeepSpeed shards
         src = tmp_path / "ckpt"
-        shutil.copytree(zero3_qwen3vl, src)
+        shutil.copytree(ckpt, src)
         (src / "adapter_model.safetensors").unlink()
     out = tmp_path / "merged"
     record = export_run(src, out, log=lambda _: None)
     assert record["method"] == ("lora-merge" if case == "gathered" else "zero-consolidated")
     exported = load_adapter(str(out), "float32", "cpu")
-    reference = peft_reference("builtin:tiny-omnimem-qwen3vl", zero3_qwen3vl)  # the gathered adapter file
+    reference = peft_reference(f"builtin:{name}", ckpt)  # the gathered adapter file
     for logits in (text_logits, stream_logits):
         assert (logits(reference) - logits(exported)).abs().max() <= 1e-4, logits.__name__
-    base_keys = set(tensor_shapes(base_folder("builtin:tiny-omnimem-qwen3vl") / "model.safetensors"))
+    base_keys = set(tensor_shapes(base_folder(f"builtin:{name}") / "model.safetensors"))
     assert set(tensor_shapes(out / "model.safetensors")) == base_keys
     assert json.loads((out / "omnimem_memory.json").read_text()) == json.loads(
-        (zero3_qwen3vl / "omnimem_memory.json").read_text())
+        (ckpt / "omnimem_memory.json").read_text())
 
 
 def test_full_finetune_with_the_audio_tower_exports_in_the_base_layout(export_manifest, omnimem_home, tmp_path,
