@@ -5,7 +5,7 @@ Run (from the repository root, with the project's venv):
     python benchmarks/scale.py                      # the recorded run: 3 decoders, 1 layer each (~10 min on 2 cores)
     python benchmarks/scale.py --models omni-7b --layers 2 --minutes 1 --policies omnimem   # per-layer check
     python benchmarks/scale.py --quick              # smoke run: omni-7b, 1 and 5 minutes, omnimem only (~1 min)
-    python benchmarks/scale.py --out /tmp/scale.md  # also write the table and the ratios as markdown
+    python benchmarks/scale.py --out checkpoints/scale.md  # also write the table and the ratios as markdown
 
 Full memory is measured once per decoder shape (video-SALMONN 2+ 7B has the Qwen2.5-Omni-7B
 decoder; `--all-full` measures it for every model). The exit status is 1 when OmniMem's stream

@@ -4,7 +4,7 @@ Run (from the repository root, with the project's venv):
 
     python benchmarks/stream_memory.py            # budget 512, lengths 1x 4x 16x the budget (~35 s on 2 CPU cores)
     python benchmarks/stream_memory.py --quick    # budget 128, same multiples (~25 s)
-    python benchmarks/stream_memory.py --out /tmp/stream_memory.md   # also write the table as markdown
+    python benchmarks/stream_memory.py --out checkpoints/stream_memory.md   # also write the table as markdown
 
 What it does: for each length multiple m it writes a real H.264+AAC mp4 (`data_prep.synthetic.write_clip`)
 long enough that the stream holds about m x budget audio+visual tokens, then streams it through the

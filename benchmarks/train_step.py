@@ -5,7 +5,7 @@ Run (from the repository root, with the project's venv):
     python benchmarks/train_step.py                   # budget 256, lengths 1x 4x 8x the budget (~45 s on 2 CPU cores)
     python benchmarks/train_step.py --quick           # budget 128, 2 timed steps (~35 s)
     python benchmarks/train_step.py --with-none-ckpt  # also compression=none with gradient checkpointing
-    python benchmarks/train_step.py --out /tmp/train_step.md   # also write the table as markdown
+    python benchmarks/train_step.py --out checkpoints/train_step.md   # also write the table as markdown
     python benchmarks/train_step.py --grad-groups 2   # also budget mode with memory_grad_groups=2; lengths 1x 4x 16x
 
 What it does: for each length multiple m it writes a real H.264+AAC mp4 (`data_prep.synthetic.write_clip`,
