@@ -165,13 +165,16 @@ class ModelAdapter(ABC):
         return dataclasses.replace(piece, embeds=self.embed_ids(piece.token_ids))
 
     # --- the stream -------------------------------------------------------------------------
-    @abstractmethod
     def stream(self, media: MediaInput, prefix_ids: list[int]) -> Iterator[StreamPiece]:
         """The sample's context as pieces: the text prefix, then the media (or text-proxy) tokens.
 
         Positions are absolute over the whole sequence, exactly as the model would assign them
-        to the full, uncompressed input.
+        to the full, uncompressed input. A media adapter pushes the media through its chunker
+        (`push_media`); an adapter without one overrides this.
         """
+        chunker = self.chunker(prefix_ids, fps=media.fps, video=media.frames is not None,
+                               audio=media.mel_windows is not None, duration_s=media.duration_s)
+        return push_media(chunker, media.frames, media.mel_windows)
 
     # --- decoder plumbing -------------------------------------------------------------------
     def rotary(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

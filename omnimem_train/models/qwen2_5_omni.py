@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
 from itertools import zip_longest
 
 import numpy as np
@@ -27,7 +26,7 @@ import torch
 
 from omnimem_train.errors import MediaError
 from omnimem_train.media.features import LogMelExtractor, audio_tokens_for_frames, patchify
-from omnimem_train.models.base import MediaInput, Modality, ModelAdapter, StreamPiece, as_frames, push_media
+from omnimem_train.models.base import Modality, ModelAdapter, StreamPiece, as_frames
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -89,11 +88,6 @@ class Qwen2_5OmniAdapter(ModelAdapter):
     def chunker(self, prefix_ids: list[int], *, fps: float = 2.0, video: bool = True, audio: bool = True,
                 duration_s: float | None = None) -> OmniChunker:
         return OmniChunker(self, prefix_ids, fps, video, audio, duration_s)
-
-    def stream(self, media: MediaInput, prefix_ids: list[int]) -> Iterator[StreamPiece]:
-        chunker = self.chunker(prefix_ids, fps=media.fps, video=media.frames is not None,
-                               audio=media.mel_windows is not None, duration_s=media.duration_s)
-        return push_media(chunker, media.frames, media.mel_windows)
 
     def encode_audio_windows(self, mel_windows) -> torch.Tensor:
         """Log-mel windows (n_mels, T_i) of a whole stream -> (n_audio_tokens, D): every audio token of
