@@ -65,7 +65,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -95,6 +95,7 @@ TEMPORAL_PATCH = 2
 # (omnimem_train.media.features.audio_tokens_for_frames).
 AUDIO_TOKENS_PER_S = 25.0
 SEED_STRIDE = 1_000_000
+DEPTHS = ("first", "middle", "last")  # thirds of a clip (`depth_thirds`)
 
 _VERSION = 1  # of the clips: a new one re-renders them
 _QUESTIONS_VERSION = 3  # of the question texts: a new one rewrites the manifests, keeping the clips
@@ -231,14 +232,38 @@ def split_seed(seed: int, split: str, index: int) -> int:
 # One clip: plan (all randomness, cheap), then render (encode).
 
 
-def plan_sample(spec: TestbedSpec, seed: int) -> dict:
+def depth_slots(spec: TestbedSpec, depth: int) -> range:
+    """The event slots of third `depth` (0 first, 1 middle, 2 last) of a clip: slot k starts at
+    k * slot_seconds and ends inside that third of `spec.seconds`."""
+    if depth not in range(len(DEPTHS)):
+        raise ValueError(f"depth must be 0, 1 or 2 (a third of the clip), got {depth}")
+    third = spec.seconds / len(DEPTHS)
+    first = math.ceil(depth * third / spec.slot_seconds - 1e-9)
+    last = int(((depth + 1) * third + 1e-9) // spec.slot_seconds) - 1  # the slot must end in the third
+    return range(first, last + 1)
+
+
+def clip_depth(index: int) -> int:
+    """The depth third of clip `index` of a split with `depth_thirds`: (index // 4) % 3. A block of 4
+    clips holds each question type once (`_latin_blocks`), so every 12 clips hold each (type, depth)
+    pair once."""
+    return (index // len(QUESTION_TYPES)) % len(DEPTHS)
+
+
+def plan_sample(spec: TestbedSpec, seed: int, depth: int | None = None) -> dict:
     """The ground truth of clip `seed` without writing it: {"events": [...], "background": {...}}.
 
-    Events are sorted by start time; see the module docstring for their fields.
+    Events are sorted by start time; see the module docstring for their fields. With `depth` (0, 1, 2)
+    every event of the clip lies in that third of it (`depth_slots`), so whatever a question asks
+    about is there; None: anywhere.
     """
     rng = np.random.default_rng(seed)
     n_v, n_a = spec.n_visual_events, spec.n_audio_events
-    slots = rng.choice(spec.n_slots, n_v + n_a - 1, replace=False) * spec.slot_seconds
+    pool = spec.n_slots if depth is None else np.asarray(depth_slots(spec, depth))
+    if depth is not None and len(pool) < n_v + n_a - 1:
+        raise ValueError(f"a third of {spec.seconds} s holds {len(pool)} event slots of {spec.slot_seconds} s; "
+                         f"{n_v + n_a - 1} are needed")
+    slots = rng.choice(pool, n_v + n_a - 1, replace=False) * spec.slot_seconds
     visual_starts, audio_only = slots[:n_v], slots[n_v:]
     anchor = visual_starts[int(rng.integers(n_v))]
     colours = [spec.colours[i] for i in rng.choice(len(spec.colours), n_v, replace=False)]
@@ -351,10 +376,10 @@ def render_sample(spec: TestbedSpec, plan: dict, out_path: str | Path) -> Path:
     return path
 
 
-def generate_sample(spec: TestbedSpec, seed: int, out_path: str | Path) -> dict:
+def generate_sample(spec: TestbedSpec, seed: int, out_path: str | Path, depth: int | None = None) -> dict:
     """Write clip `seed` to `out_path`; returns its ground truth (`plan_sample`): {"seed", "events",
     "background"}."""
-    plan = plan_sample(spec, seed)
+    plan = plan_sample(spec, seed, depth)
     render_sample(spec, plan, out_path)
     return plan
 
@@ -426,13 +451,18 @@ def _latin_blocks(rng: np.random.Generator, num: int) -> list[tuple[int, int]]:
 
 
 def split_samples(out_dir: str | Path, spec: TestbedSpec, seed: int, split: str, num: int,
-                  questions: int = 1) -> list[Sample]:
+                  questions: int = 1, depth_thirds: bool = False,
+                  seconds: tuple[float, ...] | None = None) -> list[Sample]:
     """The manifest samples of `split` (clips under `out_dir/<split>/clips`), without writing media.
 
     `questions` per clip (1-4, of distinct types): with 1, clip i's type and letter come from the
     Latin-square blocks over clips; with k > 1, clip i takes k pairs of its own block (distinct
     types and letters; with k = 4 every type once, at four different letters). Ids get a `-q<j>`
     suffix when k > 1; the clips (and their seeds) do not depend on k.
+
+    `depth_thirds`: clip i's events all lie in its third `clip_depth(i)` (`extra["depth"]`: "first",
+    "middle" or "last"), balanced with the question types. `seconds`: clip i is `seconds[i % k]` long
+    (a mix of lengths; default: `spec.seconds` for every clip).
     """
     if not 1 <= questions <= len(QUESTION_TYPES):
         raise ValueError(f"questions per clip must be in [1, {len(QUESTION_TYPES)}], got {questions}")
@@ -440,19 +470,22 @@ def split_samples(out_dir: str | Path, spec: TestbedSpec, seed: int, split: str,
     rng = np.random.default_rng([seed, SPLITS.index(split), 7])
     k = len(QUESTION_TYPES)
     pairs = _latin_blocks(rng, num * (k if questions > 1 else 1))
+    lengths = [clip_spec(spec, s) for s in (seconds or (spec.seconds,))]
     samples = []
     for i in range(num):
         s_seed = split_seed(seed, split, i)
-        plan = plan_sample(spec, s_seed)
+        c_spec = lengths[i % len(lengths)]
+        depth = clip_depth(i) if depth_thirds else None
+        plan = plan_sample(c_spec, s_seed, depth)
         chosen = [pairs[i]] if questions == 1 else pairs[k * i : k * i + questions]
         for j, (qtype, letter) in enumerate(chosen):
             q_rng = np.random.default_rng([s_seed, 2] if j == 0 else [s_seed, 2, j])
-            question, options, answer = make_question(spec, plan["events"], QUESTION_TYPES[qtype], letter, q_rng)
+            question, options, answer = make_question(c_spec, plan["events"], QUESTION_TYPES[qtype], letter, q_rng)
             samples.append(
                 Sample(
                     id=f"testbed-{split}-{i:06d}" + (f"-q{j}" if questions > 1 else ""),
                     video=str(out / split / "clips" / f"{split}_{i:06d}.mp4"),
-                    duration=float(spec.seconds),
+                    duration=float(c_spec.seconds),
                     question=question,
                     options=options,
                     answer=answer,
@@ -460,10 +493,15 @@ def split_samples(out_dir: str | Path, spec: TestbedSpec, seed: int, split: str,
                     split=split,
                     media={"has_audio": True, "fps": float(spec.fps), "width": spec.width, "height": spec.height},
                     events=plan["events"],
-                    extra={"seed": s_seed},
+                    extra={"seed": s_seed, **({} if depth is None else {"depth": DEPTHS[depth]})},
                 )
             )
     return samples
+
+
+def clip_spec(spec: TestbedSpec, seconds: float) -> TestbedSpec:
+    """`spec` with clips `seconds` long (checked like any spec)."""
+    return spec if float(seconds) == spec.seconds else replace(spec, seconds=float(seconds))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,12 +519,24 @@ def _write_json(path: Path, obj: dict) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
-def _render_one(spec: TestbedSpec, seed: int, path: str) -> None:
-    render_sample(spec, plan_sample(spec, seed), path)
+def _render_one(spec: TestbedSpec, seed: int, path: str, depth: int | None = None) -> None:
+    render_sample(spec, plan_sample(spec, seed, depth), path)
 
 
-def _render_all(spec: TestbedSpec, todo: list[tuple[str, int]], workers: int, log=None) -> None:
-    """Render `todo` = [(mp4 path, seed)], in `workers` processes when > 1.
+def _clip_todo(spec: TestbedSpec, samples: list[Sample]) -> list[tuple[str, int, TestbedSpec, int | None]]:
+    """[(mp4 path, seed, the clip's spec, depth)] of the samples' clips not written yet, each once (a
+    clip's later questions share its file)."""
+    todo = {}
+    for s in samples:
+        if s.video not in todo and not Path(s.video).is_file():
+            depth = s.extra.get("depth")
+            todo[s.video] = (s.video, s.extra["seed"], clip_spec(spec, s.duration),
+                             None if depth is None else DEPTHS.index(depth))
+    return list(todo.values())
+
+
+def _render_all(todo: list[tuple[str, int, TestbedSpec, int | None]], workers: int, log=None) -> None:
+    """Render `todo` = [(mp4 path, seed, spec, depth)], in `workers` processes when > 1.
 
     Each clip is encoded single-threaded from its seed alone, so the bytes do not depend on the
     number of workers or the order; spawned (not forked) workers, since the caller may hold
@@ -499,13 +549,13 @@ def _render_all(spec: TestbedSpec, todo: list[tuple[str, int]], workers: int, lo
             log(f"{made}/{len(todo)} clips, {(time.perf_counter() - t0) / made:.3f} s per clip")
 
     if workers <= 1 or len(todo) <= 1:
-        for made, (path, seed) in enumerate(todo, 1):
-            _render_one(spec, seed, path)
+        for made, (path, seed, spec, depth) in enumerate(todo, 1):
+            _render_one(spec, seed, path, depth)
             progress(made)
     else:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
-            futures = [pool.submit(_render_one, spec, seed, path) for path, seed in todo]
+            futures = [pool.submit(_render_one, spec, seed, path, depth) for path, seed, spec, depth in todo]
             for made, future in enumerate(as_completed(futures), 1):
                 future.result()
                 progress(made)
@@ -529,12 +579,19 @@ def generate_testbed(
     log=None,
     train_questions: int = 1,
     workers: int | None = None,
+    depth_thirds: bool = False,
+    train_seconds: list[float] | None = None,
 ) -> dict[str, Path]:
     """Write (or reuse) the testbed in `out_dir`; returns {split: that split's manifest}.
 
     `train_questions`: questions per training clip (1-4, distinct types; `split_samples`); the val
     and test splits keep one per clip. `workers`: rendering processes (default: one per usable
     core); the files are the same for any number.
+
+    The long-stream split (`docs/testbed.md`): `depth_thirds` puts all events of each val/test clip in
+    one third of it, the thirds balanced over clips and question types (`clip_depth`); training clips
+    keep their events anywhere. `train_seconds`: training clip i is `train_seconds[i % k]` long (a mix
+    of lengths; default: every clip `spec.seconds`).
 
     `out_dir/manifest.jsonl` holds all splits (the recipes read it with dataset_split). Idempotent:
     the same arguments with every file present write nothing; the same spec and seed reuse the
@@ -553,10 +610,19 @@ def generate_testbed(
     if manifest.exists() and not ours:
         raise ConfigError(f"{manifest}: exists and was not written by data_prep.testbed; use another folder")
 
-    content = {"version": _VERSION, "spec": spec.to_json(), "seed": seed}
+    lengths = tuple(float(x) for x in train_seconds) if train_seconds else None
+    if lengths is not None and not all(x > 0 and math.isfinite(x) for x in lengths):
+        raise ValueError(f"train_seconds must be lengths > 0, got {list(train_seconds)}")
+    # Settings that change the clips (reused only when they are the same), recorded only when set so
+    # that the testbeds written before them keep their meta.
+    content = {"version": _VERSION, "spec": spec.to_json(), "seed": seed,
+               **({"depth_thirds": True} if depth_thirds else {}),
+               **({"train_seconds": list(lengths)} if lengths else {})}
     args = {**content, "questions": _QUESTIONS_VERSION, "counts": counts,
             **({"train_questions": train_questions} if train_questions != 1 else {})}
-    samples = {split: split_samples(out, spec, seed, split, n, train_questions if split == "train" else 1)
+    samples = {split: split_samples(out, spec, seed, split, n, train_questions if split == "train" else 1,
+                                    depth_thirds=depth_thirds and split != "train",
+                                    seconds=lengths if split == "train" else None)
                for split, n in counts.items()}
     paths = {split: out / split / "manifest.jsonl" for split in SPLITS}
     everything = [s for split in SPLITS for s in samples[split]]
@@ -570,7 +636,9 @@ def generate_testbed(
     ):
         return paths
 
-    reuse = ours and {k: meta.get("args", {}).get(k) for k in content} == content
+    prior = meta.get("args", {}) if ours else {}
+    reuse = ours and {k: prior.get(k) for k in (*content, "depth_thirds", "train_seconds")} == {
+        "depth_thirds": None, "train_seconds": None, **content}
     out.mkdir(parents=True, exist_ok=True)
     _write_json(meta_path, {"generator": "testbed", "args": args, "complete": False})
     for split in SPLITS:
@@ -580,9 +648,7 @@ def generate_testbed(
         for old in clips.glob(f"{split}_*.mp4"):  # stale, partial (.tmp.mp4) or of other arguments
             if not reuse or old.name not in keep:
                 old.unlink()
-    # A clip's later questions share its file: render each missing clip once.
-    todo = list({s.video: s.extra["seed"] for s in everything if not Path(s.video).is_file()}.items())
-    _render_all(spec, todo, default_workers() if workers is None else workers, log)
+    _render_all(_clip_todo(spec, everything), default_workers() if workers is None else workers, log)
     for split in SPLITS:
         write_manifest(paths[split], samples[split])
     write_manifest(manifest, everything)
@@ -599,6 +665,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-questions", type=int, default=1,
                         help="questions per training clip (1-4, distinct types; val/test keep 1)")
+    parser.add_argument("--depth-thirds", action="store_true",
+                        help="the long-stream split: each val/test clip's events all lie in one third of it "
+                             "(first, middle, last: balanced over clips and question types)")
+    parser.add_argument("--train-seconds", type=lambda v: [float(x) for x in v.split(",")], default=None,
+                        help="comma-separated lengths of the training clips, cycled over them (a mix of "
+                             "lengths, e.g. 4,16,64; default: --seconds)")
     parser.add_argument("--workers", type=int, default=None,
                         help="rendering processes (default: one per usable core; same files for any number)")
     d = TestbedSpec()
@@ -635,6 +707,7 @@ def main(argv: list[str] | None = None) -> None:
         paths = generate_testbed(
             args.out, args.train, args.val, args.test, spec, args.seed, log=lambda m: print(m, flush=True),
             train_questions=args.train_questions, workers=args.workers,
+            depth_thirds=args.depth_thirds, train_seconds=args.train_seconds,
         )
     except ValueError as e:
         parser.error(str(e))

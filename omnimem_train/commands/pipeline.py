@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omnimem_train.config.runs import is_finished_run
-from omnimem_train.config.schema import _choice, _int, _number, _require
+from omnimem_train.config.schema import _bool, _choice, _int, _number, _require
 from omnimem_train.errors import ConfigError
 from omnimem_train.utils.atomic import atomic_write_text
 
@@ -57,6 +57,11 @@ class TestbedSection:
     box_fraction: float = field(default=0.5, metadata={"help": "square side / frame side"})
     train_questions: int = field(default=1, metadata={"help": "questions per training clip (1-4, distinct "
                                                               "types; test/val keep 1)"})
+    depth_thirds: bool = field(default=False, metadata={
+        "help": "the long-stream split: each val/test clip's events all lie in one third of it (first, middle, "
+                "last), balanced over clips and question types (manifest field `depth`)"})
+    train_seconds: list[float] = field(default_factory=list, metadata={
+        "help": "lengths of the training clips, cycled over them (a mix, e.g. [4, 16, 32, 64]); empty: `seconds`"})
 
     def __post_init__(self) -> None:
         _require(isinstance(self.out, str) and self.out != "", "out", self.out, "a folder path")
@@ -67,6 +72,10 @@ class TestbedSection:
         _number(self, "seconds", gt=0)
         _int(self, "train_questions", ge=1)
         _require(self.train_questions <= 4, "train_questions", self.train_questions, "1 to 4")
+        _bool(self, "depth_thirds")
+        ok = isinstance(self.train_seconds, list) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in self.train_seconds)
+        _require(ok, "train_seconds", self.train_seconds, "a list of clip lengths > 0")
 
     def spec(self):
         from data_prep.testbed import TestbedSpec
@@ -299,7 +308,8 @@ def run_pipeline(pcfg: PipelineConfig, out=None) -> dict:
     n = 3 + len(tunes)
     t0 = time.perf_counter()
     say(f"[1/{n}] testbed: {tb.train} train / {tb.val} val / {tb.test} test clips of {tb.seconds:g} s -> {tb.out}")
-    generate_testbed(tb.out, tb.train, tb.val, tb.test, tb.spec(), tb.seed, log=say, train_questions=tb.train_questions)
+    generate_testbed(tb.out, tb.train, tb.val, tb.test, tb.spec(), tb.seed, log=say, train_questions=tb.train_questions,
+                     depth_thirds=tb.depth_thirds, train_seconds=tb.train_seconds or None)
     times["testbed_s"] = round(time.perf_counter() - t0, 1)
 
     if pcfg.uses_shipped_base:

@@ -330,6 +330,11 @@ class EvalConfig:
         metadata={"help": "evaluate the first ceil(fraction x N) samples of the split (deterministic; "
                           "smoke runs)"},
     )
+    group_by: list[str] = field(
+        default_factory=list,
+        metadata={"help": "manifest fields beyond the standard ones (a sample's `extra`, e.g. `depth` of the long "
+                          "testbed split) whose values each get an accuracy row per cell, as question types do"},
+    )
 
     def __post_init__(self) -> None:
         _require(self.manifest is None or (isinstance(self.manifest, str) and self.manifest.strip() != ""),
@@ -360,6 +365,8 @@ class EvalConfig:
                  "at least one of " + " | ".join(EVAL_ALLOCATIONS))
         _require(isinstance(self.fraction, (int, float)) and not isinstance(self.fraction, bool)
                  and 0 < self.fraction <= 1, "fraction", self.fraction, "a fraction in (0, 1]")
+        ok = isinstance(self.group_by, list) and all(isinstance(k, str) and k.strip() for k in self.group_by)
+        _require(ok, "group_by", self.group_by, "a list of manifest field names")
 
 
 BAD_SAMPLE_ACTIONS = ("error", "skip")

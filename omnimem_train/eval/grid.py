@@ -59,6 +59,7 @@ PLOT = "accuracy_vs_budget.png"
 PREDICTION_FIELDS = (
     "id", "question_type", "answer", "choice", "correct", "option_scores", "budget", "expected_tokens",
     "tokens_seen", "retained_kv_bytes", "retained_total_bytes", "stream_seconds", "seconds",
+    "groups",  # only with eval.group_by: {field: value}
 )
 
 
@@ -102,14 +103,17 @@ def _unique(items):
 
 def grid_cells(ecfg) -> list[Cell]:
     """`EvalConfig` -> the cells, full memory first, then scorer x (budgets, fractions) x allocation
-    (no calibrated frame_drop: it has no per-layer memory to allocate)."""
+    (no calibrated frame_drop: it has no per-layer memory to allocate; a grid of calibrated cells only
+    gives it its uniform cell)."""
     cells = [Cell("full")]
     sizes = [{"budget": b} for b in _unique(ecfg.budgets)]
     sizes += [{"budget_fraction": f} for f in _unique(float(f) for f in ecfg.budget_fractions)]
     variants = [(s, False) for s in _unique(ecfg.scorers) if s != "full"]
     variants += [(s, True) for s in _unique(ecfg.per_head_scorers)]
     for scorer, per_head in variants:
-        allocations = [a for a in _unique(ecfg.allocations) if not (scorer == "frame_drop" and a == "calibrated")]
+        allocations = _unique(ecfg.allocations)
+        if scorer == "frame_drop":  # the same in every layer: a calibrated grid gives it the uniform cell
+            allocations = [a for a in allocations if a != "calibrated"] or ["uniform"]
         cells += [Cell(scorer, allocation=a, per_head=per_head, **size) for size in sizes for a in allocations]
     return cells
 
@@ -147,7 +151,16 @@ def select_samples(ecfg, err: TextIO = sys.stderr) -> list:
     if not choice:
         raise ConfigError(f"eval.manifest: {ecfg.manifest}: no multiple-choice samples in split {ecfg.split!r}")
     n = max(1, math.ceil(round(ecfg.fraction * len(choice), 9)))
+    for key in ecfg.group_by:
+        lacking = next((s for s in choice[:n] if key not in s.extra), None)
+        if lacking is not None:
+            raise ConfigError(f"eval.group_by: {ecfg.manifest}: sample {lacking.id!r} has no field {key!r}")
     return choice[:n]
+
+
+def sample_groups(ecfg, sample) -> dict[str, str]:
+    """{field: value} of `eval.group_by` for one sample (its prediction record's `groups`)."""
+    return {k: str(sample.extra[k]) for k in ecfg.group_by}
 
 
 def cell_config(cfg, cell: Cell):
@@ -273,6 +286,7 @@ def run_cell(adapter, cfg, cell: Cell, samples: list, err: TextIO = sys.stderr, 
             "budget": budget, "expected_tokens": int(est), "tokens_seen": result.report.tokens_seen,
             "retained_kv_bytes": int(result.report.kv_bytes), "retained_total_bytes": int(result.report.total_bytes),
             "stream_seconds": result.stream_seconds, "seconds": seconds,
+            **({"groups": sample_groups(cfg.eval, s)} if cfg.eval.group_by else {}),
         }
         records.append(rec)
     atomic_write_text(out / PREDICTIONS, "".join(json.dumps(r) + "\n" for r in records))
@@ -310,6 +324,14 @@ def format_markdown(rows: list[dict]) -> str:
         cells = [r["scorer"], budget_str(r), r.get("allocation") or "-", accuracy_str(r), *per, str(r["n"]),
                  _fmt_bytes(r["kv_bytes_mean"]), _fmt_bytes(r["total_bytes_mean"])]
         lines.append("| " + " | ".join(cells) + " |")
+    for key in dict.fromkeys(k for r in rows for k in r.get("per_group", {})):
+        values = list(dict.fromkeys(v for r in rows for v in r.get("per_group", {}).get(key, {})))
+        lines += ["", f"Accuracy [95% CI] per `{key}`:", "",
+                  "| cell | " + " | ".join(values) + " |", "|" + "---|" * (len(values) + 1)]
+        for r in rows:
+            per = r.get("per_group", {}).get(key, {})
+            lines.append(f"| {r['cell']} | " + " | ".join(accuracy_str(per[v]) + f" (n {per[v]['n']})" if v in per
+                                                         else "-" for v in values) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,8 @@
 """Metrics of one evaluation cell, computed from its prediction records alone (pure functions).
 
 A prediction record is the dict written as one line of a cell's predictions.jsonl; the fields
-used here are `correct` (bool), `question_type` (str), `retained_kv_bytes`,
+used here are `correct` (bool), `question_type` (str), `groups` ({field: value}, optional: the
+`eval.group_by` fields of the sample), `retained_kv_bytes`,
 `retained_total_bytes` (ints: memory the stream left behind) and `seconds` (the sample's wall
 time: media decoding, streaming and option scoring).
 """
@@ -45,10 +46,21 @@ def accuracy_with_ci(correct: Sequence[bool], z: float = Z_95) -> dict:
 
 def per_type(predictions: Sequence[dict], z: float = Z_95) -> dict[str, dict]:
     """accuracy_with_ci per `question_type`, keys sorted."""
+    return _per_value(predictions, lambda p: p["question_type"], z)
+
+
+def per_group(predictions: Sequence[dict], z: float = Z_95) -> dict[str, dict[str, dict]]:
+    """{field: {value: accuracy_with_ci}} over the records' `groups` (the `eval.group_by` fields);
+    values in order of first appearance, {} when no record has groups."""
+    keys = list(dict.fromkeys(k for p in predictions for k in p.get("groups", {})))
+    return {k: _per_value(predictions, lambda p, k=k: p.get("groups", {}).get(k), z, sort=False) for k in keys}
+
+
+def _per_value(predictions: Sequence[dict], value, z: float, sort: bool = True) -> dict[str, dict]:
     groups: dict[str, list[bool]] = {}
     for p in predictions:
-        groups.setdefault(str(p["question_type"]), []).append(bool(p["correct"]))
-    return {t: accuracy_with_ci(groups[t], z) for t in sorted(groups)}
+        groups.setdefault(str(value(p)), []).append(bool(p["correct"]))
+    return {t: accuracy_with_ci(groups[t], z) for t in (sorted(groups) if sort else groups)}
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -59,6 +71,7 @@ def compute_metrics(predictions: Sequence[dict], z: float = Z_95) -> dict:
     """Everything metrics.json holds about the predictions themselves:
 
     n, correct, accuracy, ci ([low, high], Wilson), ci_level, per_type (the same per question type),
+    per_group (the same per value of each `eval.group_by` field, when the records have any),
     kv_bytes_mean / kv_bytes_max (retained KV cache per sample, all layers), total_bytes_mean
     (KV + the policy's per-token state), stream_seconds_mean, seconds (sum of per-sample wall
     times) and samples_per_s (n / seconds)."""
@@ -69,6 +82,7 @@ def compute_metrics(predictions: Sequence[dict], z: float = Z_95) -> dict:
         **overall,
         "ci_level": round(math.erf(z / math.sqrt(2)), 4),
         "per_type": per_type(predictions, z),
+        **({"per_group": groups} if (groups := per_group(predictions, z)) else {}),
         "kv_bytes_mean": _mean(kv),
         "kv_bytes_max": max(kv, default=0),
         "total_bytes_mean": _mean([int(p["retained_total_bytes"]) for p in predictions]),

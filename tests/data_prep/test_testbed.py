@@ -7,6 +7,7 @@ import pytest
 
 from data_prep.testbed import (
     AUDIO_TOKENS_PER_S,
+    DEPTHS,
     COLOURS,
     QUESTION_TYPES,
     TestbedSpec,
@@ -331,3 +332,57 @@ def test_parallel_rendering_writes_the_same_files(tmp_path):
     assert len([f for f in files if f.suffix == ".mp4"]) == 5
     for f in files:
         assert (one / f).read_bytes() == (two / f).read_bytes(), f
+
+
+# The long-stream split (docs/testbed.md, "Long streams").
+
+LONG = TestbedSpec(seconds=64.0, n_visual_events=2, n_audio_events=2, box_fraction=0.5)
+
+
+def test_long_split_depths_are_balanced_with_types_and_hold_every_event():
+    samples = split_samples("x", LONG, seed=0, split="test", num=300, depth_thirds=True)
+    third = LONG.seconds / 3
+    pairs = Counter((s.question_type, s.extra["depth"]) for s in samples)
+    assert set(pairs) == {(t, d) for t in QUESTION_TYPES for d in DEPTHS}
+    assert set(pairs.values()) == {25}  # 300 clips: 25 of each (type, third)
+    for s in samples:
+        lo = DEPTHS.index(s.extra["depth"]) * third
+        # every event, so whatever the question asks about, lies inside the clip's third
+        assert all(lo <= e["start"] and e["end"] <= lo + third for e in s.events), (s.extra, s.events)
+    # and the events spread over the third, not bunched at its start
+    starts = [e["start"] - DEPTHS.index(s.extra["depth"]) * third for s in samples for e in s.events]
+    assert min(starts) < 2 and max(starts) > third - 3
+    # the 12-clip blocks: every prefix of 12k clips is balanced too
+    first = Counter(s.extra["depth"] for s in samples[:12])
+    assert set(first.values()) == {4}
+
+
+def test_long_split_clip_lengths_and_token_counts(tmp_path):
+    # at least 8,000 audio+visual tokens at 280x280 and 2 fps, and at least 16 groups of the grid's 256
+    tokens = LONG.seconds * (LONG.visual_tokens_per_s + AUDIO_TOKENS_PER_S)
+    assert tokens >= 8000 and tokens / 256 >= 16
+    paths = generate_testbed(tmp_path / "tb", 4, 0, 3, LONG, depth_thirds=True, train_seconds=[4, 16, 32, 64],
+                             workers=1)
+    test = read_manifest(paths["test"])
+    train = read_manifest(paths["train"])
+    assert [s.duration for s in test] == [64.0] * 3
+    assert [s.duration for s in train] == [4.0, 16.0, 32.0, 64.0]
+    assert all("depth" not in s.extra for s in train)  # training clips keep their events anywhere
+    for s in test + train:
+        info = probe(s.video)
+        assert abs(info.duration_s - s.duration) < 0.3, (s.video, info.duration_s)
+    # a rerun with the same arguments writes nothing; dropping the depth thirds re-renders the clips
+    before = mtimes(tmp_path / "tb")
+    generate_testbed(tmp_path / "tb", 4, 0, 3, LONG, depth_thirds=True, train_seconds=[4, 16, 32, 64], workers=1)
+    assert mtimes(tmp_path / "tb") == before
+    generate_testbed(tmp_path / "tb", 4, 0, 3, LONG, train_seconds=[4, 16, 32, 64], workers=1)
+    after = read_manifest(tmp_path / "tb" / "test" / "manifest.jsonl")
+    assert all("depth" not in s.extra for s in after)
+    assert (tmp_path / "tb" / "test" / "clips" / "test_000000.mp4").stat().st_mtime_ns != \
+        before[__import__("pathlib").Path("test/clips/test_000000.mp4")]
+
+
+def test_depth_thirds_need_room_for_the_events():
+    with pytest.raises(ValueError, match="a third of 4.0 s holds 1 event slots"):
+        split_samples("x", TestbedSpec(seconds=4.0, n_visual_events=2, n_audio_events=2), 0, "test", 3,
+                      depth_thirds=True)

@@ -242,3 +242,35 @@ def test_markdown_summary_has_one_row_per_cell_and_per_type_columns():
     assert lines[2] == "| full | - | - | 0.500 [0.300, 0.700] | 1.00 | 0.00 | 4 | 1.000 | 2.000 |"
     assert lines[3].startswith("| omnimem | 0.0625x | uniform | 0.250 [0.050, 0.700] | 0.50 | - | 4 |")
     assert len(lines) == 4
+
+
+def test_group_by_gives_accuracy_per_value(manifest, tmp_path):
+    # the long testbed's `depth`: a manifest field beyond the standard ones, an accuracy row per value
+    lines = [json.loads(line) for line in Path(manifest).read_text().splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        line["depth"] = ("first", "middle", "last")[i % 3]
+        line["video"] = str(Path(manifest).parent / line["video"])
+    tagged = tmp_path / "tagged.jsonl"
+    tagged.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out_dir = tmp_path / "run"
+    code, out, err = _main(["eval", RECIPE, f"eval.manifest={tagged}", f"output_dir={out_dir}", "eval.scorers=[recency]",
+                            "eval.budgets=[16]", "eval.allocations=[uniform]", "eval.group_by=[depth]",
+                            "memory.group_size=32", "device=cpu"])
+    assert code == 0, err
+    for cell in ("full", "recency-16-uniform"):
+        preds = _predictions(out_dir / "cells" / cell / "predictions.jsonl")
+        assert [p["groups"]["depth"] for p in preds] == ["first", "middle", "last", "first"]
+        m = json.loads((out_dir / "cells" / cell / "metrics.json").read_text())
+        for depth in ("first", "middle", "last"):
+            mine = [p["correct"] for p in preds if p["groups"]["depth"] == depth]
+            assert m["per_group"]["depth"][depth]["correct"] == sum(mine)
+            assert m["per_group"]["depth"][depth]["n"] == len(mine)
+    summary = (out_dir / "summary.md").read_text()
+    assert "Accuracy [95% CI] per `depth`:" in summary and "| cell | first | middle | last |" in summary
+    assert summary.count("(n 2)") == 2 and summary.count("(n 1)") == 4  # first: 2 samples; middle, last: 1
+    # a manifest without the field: one line, before any model is loaded
+    code, out, err = _main(["eval", RECIPE, f"eval.manifest={manifest}", f"output_dir={tmp_path / 'b'}",
+                            "eval.group_by=[depth]", "device=cpu"])
+    assert code == 2 and err.count("\n") == 1
+    assert "error: eval.group_by: " in err and "has no field 'depth'" in err, err
+    assert not (tmp_path / "b" / "cells").exists()

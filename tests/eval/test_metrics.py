@@ -145,3 +145,23 @@ def test_per_head_cells_are_named_apart_and_set_memory_per_head():
     assert (per_head.memory.scorer, per_head.memory.per_head) == ("snapkv", True)
     assert (per_head.eval.scorers, per_head.eval.per_head_scorers) == ([], ["snapkv"])
     assert cells[2].identity()["scorer"] == "snapkv.per_head"  # tables and comparisons keep them apart
+
+
+def test_frame_drop_in_a_calibrated_grid_gets_its_uniform_cell():
+    # frame_drop has no per-layer memory to allocate: a grid of calibrated cells gives it the uniform one
+    ecfg = EvalConfig(scorers=["omnimem", "frame_drop"], budgets=[], budget_fractions=[0.0625],
+                      allocations=["calibrated"])
+    assert [c.name for c in grid_cells(ecfg)] == ["full", "omnimem-f0.0625-calibrated", "frame_drop-f0.0625-uniform"]
+
+
+def test_per_group_accuracy():
+    from omnimem_train.eval.metrics import per_group
+
+    preds = [{"correct": c, "question_type": "a", "groups": {"depth": d, "len": "64"}}
+             for c, d in [(True, "last"), (False, "first"), (True, "first"), (True, "first")]]
+    groups = per_group(preds)
+    assert list(groups) == ["depth", "len"]
+    assert list(groups["depth"]) == ["last", "first"]  # in order of first appearance
+    assert groups["depth"]["first"]["correct"] == 2 and groups["depth"]["first"]["n"] == 3
+    assert groups["depth"]["last"]["accuracy"] == 1.0 and groups["len"]["64"]["n"] == 4
+    assert per_group([{"correct": True, "question_type": "a"}]) == {}
