@@ -8,11 +8,12 @@
 #   DRY_RUN=1 ./launch.sh RECIPE.yaml                             # print the command only
 #
 # The exact command is printed before it runs. On a machine without GPUs it runs NPROC_PER_NODE
-# CPU processes (default 1).
+# CPU processes (default 1); DeepSpeed's `--num_gpus` flag then counts those processes.
+# DS_LOG_LEVEL (default error) is the DeepSpeed launcher's log level; info shows its set-up lines.
 set -euo pipefail
 
 if [ $# -lt 1 ] || [[ "$1" == -h || "$1" == --help ]]; then
-  echo "Usage: ./launch.sh RECIPE.yaml [key=value ...]"; sed -n "2,12p" "$0"
+  echo "Usage: ./launch.sh RECIPE.yaml [key=value ...]"; awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"
   exit 2
 fi
 recipe=$1
@@ -38,7 +39,7 @@ if [ "$ngpu" -gt 0 ]; then nproc=${NPROC_PER_NODE:-$ngpu}; else nproc=${NPROC_PE
 nnodes=${NNODES:-1}
 master_addr=${MASTER_ADDR:-127.0.0.1}
 master_port=${MASTER_PORT:-29500}
-cmd=("$deepspeed_bin")
+cmd=("$deepspeed_bin" --log_level "${DS_LOG_LEVEL:-error}")
 if [ -n "${HOSTFILE:-}" ]; then
   cmd+=(--hostfile "$HOSTFILE" --master_addr "$master_addr" --master_port "$master_port")
 elif [ "$nnodes" -gt 1 ]; then
@@ -56,6 +57,15 @@ if [ "$ngpu" -eq 0 ]; then
   export DS_ACCELERATOR=cpu OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 fi
 export WANDB_MODE=${WANDB_MODE:-offline}
+if [ "$nproc" -eq 1 ]; then procs="1 process"; else procs="$nproc processes"; fi
+if [ "$nnodes" -eq 1 ]; then where="on this node"; else where="on each of $nnodes nodes"; fi
+if [ -n "${HOSTFILE:-}" ]; then
+  echo "launch: one process per slot listed in $HOSTFILE"
+elif [ "$ngpu" -eq 0 ]; then
+  echo "launch: ${procs/process/CPU process} $where (gloo)"
+else
+  echo "launch: $procs $where, one per GPU"
+fi
 echo "+ ${cmd[*]}"
 [ -n "${DRY_RUN:-}" ] && exit 0
 exec "${cmd[@]}"

@@ -542,23 +542,22 @@ def _render_all(todo: list[tuple[str, int, TestbedSpec, int | None]], workers: i
     number of workers or the order; spawned (not forked) workers, since the caller may hold
     torch's thread pools.
     """
+    from omnimem_train.utils.progress import progress
+
     t0 = time.perf_counter()
-
-    def progress(made: int) -> None:
-        if log and made % 50 == 0:
-            log(f"{made}/{len(todo)} clips, {(time.perf_counter() - t0) / made:.3f} s per clip")
-
-    if workers <= 1 or len(todo) <= 1:
-        for made, (path, seed, spec, depth) in enumerate(todo, 1):
-            _render_one(spec, seed, path, depth)
-            progress(made)
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
-            futures = [pool.submit(_render_one, spec, seed, path, depth) for path, seed, spec, depth in todo]
-            for made, future in enumerate(as_completed(futures), 1):
-                future.result()
-                progress(made)
+    # shown when the caller logs (a quiet call, e.g. from tests, stays quiet)
+    with progress(total=len(todo), desc="testbed", unit="clip", disable=not (log and todo)) as bar:
+        if workers <= 1 or len(todo) <= 1:
+            for path, seed, spec, depth in todo:
+                _render_one(spec, seed, path, depth)
+                bar.update()
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+                futures = [pool.submit(_render_one, spec, seed, path, depth) for path, seed, spec, depth in todo]
+                for future in as_completed(futures):
+                    future.result()
+                    bar.update()
     if log and todo:
         seconds = time.perf_counter() - t0
         log(f"wrote {len(todo)} clips in {seconds:.1f} s ({seconds / len(todo):.3f} s per clip)")

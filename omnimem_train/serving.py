@@ -1,6 +1,6 @@
-"""A model loaded to serve: its serving config (the memory settings saved next to it, then the
-caller's), its adapter and the engine that config describes. `omnimem-train infer` and the Python
-session API (`open_session`) load through here."""
+"""A model loaded to serve: its serving config (the settings saved next to it: memory and the prompt
+it was trained on, then the caller's), its adapter and the engine that config describes.
+`omnimem-train infer` and the Python session API (`open_session`) load through here."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ def load_engine(cfg) -> StreamingEngine:
 
 def open_session(model: str, *, video: bool = True, audio: bool | None = None, audio_window_s: float = 30.0,
                  stream_tokens: int | None = None, **settings) -> StreamSession:
-    """A live `StreamSession` over `model` (a model directory or builtin:<name>) with the memory
-    settings saved next to it (as `omnimem-train infer` uses them), then `settings` on top: config
-    keys as a recipe would set them, e.g. `memory={"scorer": "omnimem", "budget": 256}, device="cpu"`."""
+    """A live `StreamSession` over `model` (a model directory or builtin:<name>) with the settings
+    saved next to it (memory, and the answer format and system prompt it was trained on; as
+    `omnimem-train infer` uses them), then `settings` on top: config keys as a recipe would set them,
+    e.g. `memory={"scorer": "omnimem", "budget": 256}, device="cpu"`."""
     cfg, note = load_serving_config(settings={"model_name_or_path": model, **settings})
     if note:
         log.info(note)

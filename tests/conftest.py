@@ -6,6 +6,12 @@ import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One intra-op thread (see pytest_configure), also for accelerate: on a CPU run it sets torch's
+# thread count itself, with a warning, when OMP_NUM_THREADS is unset.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+# torch.distributed's variables: a test that sets them (ensure_single_process_dist_env writes
+# os.environ directly) must not turn later in-process trainings into "distributed" ones.
+DIST_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def pytest_configure(config):
@@ -16,10 +22,38 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+def _session_dirs(tmp_path_factory) -> dict[str, str]:
+    base = tmp_path_factory.getbasetemp()
+    return {"OMNIMEM_HOME": str(base / "omnimem_home"), "OMNIMEM_CACHE": str(base / "omnimem_cache")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _omnimem_session_dirs(tmp_path_factory):
+    """Session and module fixtures run before the function-scoped setting below: the same folders
+    for them, so no test writes built-in models or cached weights into the checkout or ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in _session_dirs(tmp_path_factory).items():
+            mp.setenv(key, value)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _omnimem_home(tmp_path_factory, monkeypatch):
-    """Built-in models are saved under one session folder, never the checkout's checkpoints/."""
-    monkeypatch.setenv("OMNIMEM_HOME", str(tmp_path_factory.getbasetemp() / "omnimem_home"))
+    """Built-in models are saved under one session folder, never the checkout's checkpoints/;
+    de-quantized GGUF weights are cached under another (OMNIMEM_CACHE), never ~/.cache."""
+    for key, value in _session_dirs(tmp_path_factory).items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture(autouse=True)
+def _restore_dist_env():
+    before = {key: os.environ.get(key) for key in DIST_KEYS}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

@@ -60,6 +60,40 @@ def format_table(stats, scores, layers) -> str:
     return "\n".join(lines)
 
 
+def explain_stats(stats) -> str:
+    """What the table's numbers are, and why every entropy may read 1.000."""
+    text = ("E: attention entropy over the modality's keys a query sees, divided by log(their number), so "
+            "1 = attention spread evenly over them and 0 = all on one key; c: cosine similarity of adjacent "
+            "tokens' hidden states; g_all = E_all * sqrt(1 - (c_aud + c_vis) / 2) sets each layer's share of "
+            "the total (softmax over layers at temperature T)")
+    measured = [e for m in ("audio", "visual", "all") for e in stats.entropy[m] if e is not None]
+    if measured and min(measured) >= 0.9995:  # every entry prints as 1.000
+        text += ("\nevery E reads 1.000: attention is near uniform over the stream, as with random (untrained) "
+                 "weights such as the built-in tiny models', so only c shapes the allocation")
+    return text
+
+
+def budget_warning(stats, layers, total: int) -> str | None:
+    """One line when `total` is more audio+visual tokens than the layers hold of an average
+    calibration stream: used as absolute budgets the file would keep most or all of such a stream.
+    (As a profile for memory.budget / memory.budget_fraction only its shape counts.)"""
+    if not stats.samples:
+        return None
+    audio, visual = (stats.tokens.get(m, 0) / stats.samples for m in ("audio", "visual"))
+    per_layer = audio + visual
+    held = per_layer * len(layers)
+    if held <= 0 or total <= held:
+        return None
+    filled = sum(min(a, audio) + min(v, visual) for a, v in layers)  # what such a stream puts in them
+    varies = " on average" if stats.tokens.get("audio", 0) % stats.samples or \
+        stats.tokens.get("visual", 0) % stats.samples else ""
+    return (f"warning: calibration.total={total} exceeds the {held:.0f} audio+visual tokens a calibration stream "
+            f"holds over the {len(layers)} layers ({per_layer:.0f} per layer{varies}): as absolute budgets "
+            f"(memory.budget_file alone) {total - filled:.0f} of the {total} stay unused on such a stream, which "
+            f"keeps {filled / held:.0%} of its tokens; ask for a total below {held:.0f} (as a profile for "
+            "memory.budget / memory.budget_fraction only the file's shape counts)")
+
+
 def cmd_calibrate(args) -> int:
     from omnimem_train.config import load_config, save_config
     from omnimem_train.models.load import load_configured_adapter
@@ -91,6 +125,10 @@ def cmd_calibrate(args) -> int:
     save_config(cfg, run_dir)
     layers, stats, scores = run_calibration(adapter, cfg, inputs, output, total)
     print(format_table(stats, scores, layers))
+    print(explain_stats(stats))
+    warning = budget_warning(stats, layers, total)
+    if warning:
+        print(warning, file=sys.stderr)
     print(f"budgets: {output}  (use it with memory.budget_file={output}: absolute budgets, or with memory.budget / "
           "memory.budget_fraction the per-layer profile at that size)")
     print(f"plot:    {output.with_suffix('.png')}")

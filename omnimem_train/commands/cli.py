@@ -88,10 +88,11 @@ def cmd_infer(args) -> int:
     from omnimem_train.utils.paths import check_writable_dir
 
     _check_question(args.question, args.options)
-    # The model's own memory settings (omnimem_memory.json) sit below the recipe and the command line.
+    # The model's own served settings (omnimem_memory.json: memory.*, generation.*) sit below the recipe
+    # and the command line.
     cfg, note = load_serving_config(args.recipe, _overrides_from_flags(args) + args.overrides)
+    check_memory(cfg.memory)  # before output_dir is created: a bad setting leaves nothing behind
     check_writable_dir(cfg.output_dir)
-    check_memory(cfg.memory)
     if note:
         print(f"note: {note}", file=sys.stderr)
     run_dir = Path(cfg.output_dir)
@@ -156,11 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", nargs="?", help="recipe YAML (default: built-in defaults, tiny model)")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. memory.group_size=512)")
     p.add_argument("--model", help="model directory or builtin:<name> (sets model_name_or_path; the folder's "
-                                   "omnimem_memory.json, if any, supplies memory.* below the recipe)")
+                                   "omnimem_memory.json, if any, supplies memory.* and the answer format and "
+                                   "system prompt it was trained with (generation.*) below the recipe)")
     p.add_argument("--video", help="video file (its audio track is used unless media.audio=off)")
     p.add_argument("--audio", help="separate audio file (wav/flac/...); alone: an audio-only stream")
     p.add_argument("--context", help="text-proxy context file for text-only LMs (lines 'visual:/audio:/text: ...')")
-    p.add_argument("--question", default=DEFAULT_QUESTION)
+    p.add_argument("--question", default=DEFAULT_QUESTION,
+                   help=f"the question to answer after the stream (default: {DEFAULT_QUESTION!r})")
     p.add_argument("--options", nargs="+", help="multiple-choice options, scored by log-likelihood")
     p.add_argument("--budget", type=int, help="retained audio+visual tokens per layer (memory.budget)")
     p.add_argument("--budget-fraction", type=float,
@@ -188,19 +191,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_libraries() -> None:
-    import torch
+    """Settings the libraries read when they are imported. Called after argument parsing, so that
+    `--help` and a usage error import none of them (torch alone takes seconds)."""
+    from omnimem_train.utils.warnings import install_filters
 
-    if not torch.cuda.is_available():  # DeepSpeed (imported by transformers) would log its CPU fallback
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
+    install_filters()  # known harmless warnings, by exact message and module; any other one shows
 
     def one_line(message, category, filename, lineno, file=None, line=None):
         print(f"warning: {message}", file=sys.stderr)
 
     warnings.showwarning = one_line
+    import torch
+
+    if not torch.cuda.is_available():  # DeepSpeed (imported by transformers) would log its CPU fallback
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,13 +230,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    _quiet_libraries()
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     # key=value overrides may come after flags, where argparse no longer takes positionals.
     stray = [u for u in unknown if "=" not in u or u.startswith("-")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    _quiet_libraries()
     args.overrides += unknown
     # argparse puts key=value words into `overrides` only after the recipe; a recipe-less call
     # with overrides lands its first override in `recipe`.

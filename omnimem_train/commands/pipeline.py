@@ -21,7 +21,11 @@
 
 The stages are the ordinary `train` / `eval` recipes; the pipeline only points them at the
 generated manifest and at each other (`dataset`, `eval.manifest`, `model_name_or_path`), then adds
-each stage's `overrides`. Wall time per stage is printed and saved in `<eval output_dir>/pipeline.json`.
+each stage's `overrides`. The job ends on one block (`format_ending`): the result table, the paths of
+the plots and summaries, the wall time per stage (reused stages marked) and what the numbers mean,
+in sentences computed from the paired comparisons (`explain`). `<eval output_dir>/pipeline.json`
+keeps every run (`PIPELINE_RECORD`): a re-run that reuses every stage adds its record to the
+measured one instead of replacing it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ from omnimem_train.errors import ConfigError
 from omnimem_train.utils.atomic import atomic_write_text
 
 TRAIN_RESULTS = "train_results.json"  # HF Trainer.save_metrics("train", ...), by train.run.run_training
+# <eval output_dir>/pipeline.json: the latest run's record at the top level ("times", "reused",
+# "date", "commit", "base_model", "summary", "<tune>_summary") and every run's, oldest first, in "runs".
+PIPELINE_RECORD = "pipeline.json"
 
 
 @dataclass
@@ -305,6 +312,9 @@ def run_pipeline(pcfg: PipelineConfig, out=None) -> dict:
 
     tunes = [name for name in ("tune", "control") if getattr(pcfg, name).recipe]
     _check_folders(pcfg, train_cfg, eval_cfg, tunes)
+    started = _now()
+    stages = _stage_files(pcfg, train_cfg, eval_cfg, tunes)  # what each stage writes when it does work
+    before = {stage: _stamps(paths) for stage, paths in stages.items()}
     n = 3 + len(tunes)
     t0 = time.perf_counter()
     say(f"[1/{n}] testbed: {tb.train} train / {tb.val} val / {tb.test} test clips of {tb.seconds:g} s -> {tb.out}")
@@ -340,20 +350,27 @@ def run_pipeline(pcfg: PipelineConfig, out=None) -> dict:
         record[f"{name}_summary"] = tuned["summary"]
         summary = {**summary, name: tuned}
     times["total_s"] = round(time.perf_counter() - t_all, 1)
-    say("wall time: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in times.items()))
-    say(f"results: {Path(eval_cfg.output_dir) / 'summary.md'} (per question type, paired comparisons), "
-        f"plot: {summary['plot']}")
-    atomic_write_text(Path(eval_cfg.output_dir) / "pipeline.json",
-                      json.dumps({"times": times, **record}, indent=2) + "\n")
-    return {**summary, "times": times}
+
+    after = {stage: _stamps(paths) for stage, paths in stages.items()}
+    reused = {stage: bool(before[stage]) and None not in before[stage].values() and before[stage] == after[stage]
+              for stage in stages}
+    evaluated = {stage: sum(before[stage][f] != after[stage][f] for f in before[stage])
+                 for stage in stages if stage == "eval" or stage.endswith("_eval")}
+    run = {"date": started, **_commit(), "times": times, "reused": reused, "cells_evaluated": evaluated}
+    record_path = Path(eval_cfg.output_dir) / PIPELINE_RECORD
+    runs = [*_read_runs(record_path), run]
+    atomic_write_text(record_path, json.dumps({**run, **record, "runs": runs}, indent=2) + "\n")
+    steps = {name: tune_configs(pcfg, train_cfg, eval_cfg, name)[0].max_steps for name in tunes}
+    say(format_ending(summary, tunes, steps, times, reused, record_path, len(runs), eval_cfg.output_dir))
+    return {**summary, "times": times, "reused": reused}
 
 
 def _check_folders(pcfg: PipelineConfig, train_cfg, eval_cfg, tunes: list[str]) -> None:
-    """Every folder a stage writes into can be written: checked before the testbed is generated or
-    any model is loaded, so a bad output_dir of a late stage costs no earlier stage's time."""
+    """Every stage's memory methods exist (`_check_methods`) and every folder a stage writes into can
+    be written: checked before the testbed is generated or any model is loaded, so a typo or a bad
+    output_dir of a late stage costs no earlier stage's time. The methods first: a typo creates no folder."""
     from omnimem_train.utils.paths import check_writable_dir
 
-    check_writable_dir(pcfg.testbed.out, "testbed.out")
     stages = []
     if not pcfg.uses_shipped_base:
         first = curriculum_config(pcfg)
@@ -363,8 +380,34 @@ def _check_folders(pcfg: PipelineConfig, train_cfg, eval_cfg, tunes: list[str]) 
     for name in tunes:
         tune_cfg, tuned_eval = tune_configs(pcfg, train_cfg, eval_cfg, name)
         stages += [(name, tune_cfg), (f"{name} evaluation", tuned_eval)]
+    _check_methods(stages)
+    check_writable_dir(pcfg.testbed.out, "testbed.out")
     for name, cfg in stages:
         check_writable_dir(cfg.output_dir, f"output_dir ({name} stage)")
+
+
+def _check_methods(stages: list) -> None:
+    """The memory methods each stage names exist: an evaluation stage's grid (eval.scorers,
+    eval.per_head_scorers), a training stage's memory.scorer under compression: streaming. A
+    training stage's budget file is checked only if it exists already: the calibrated profile a tuning
+    stage trains under is written by the eval stage."""
+    import dataclasses
+
+    from omnimem_train.eval.grid import check_scorers
+    from omnimem_train.memory.registry import check_memory
+
+    for name, cfg in stages:
+        try:
+            if name == "eval" or name.endswith(" evaluation"):
+                check_scorers(cfg.eval.scorers)
+                check_scorers(cfg.eval.per_head_scorers, per_head=True)
+            elif cfg.compression == "streaming":
+                memory = cfg.memory
+                if memory.budget_file is not None and not Path(memory.budget_file).is_file():
+                    memory = dataclasses.replace(memory, budget_file=None)
+                check_memory(memory)
+        except ConfigError as e:
+            raise ConfigError(f"{name} stage: {e}") from None
 
 
 def _tune_export_eval(pcfg: PipelineConfig, train_cfg, eval_cfg, say, step: str, section: str) -> dict:
@@ -444,6 +487,229 @@ def format_side_by_side(free: list[dict], tuned: list[dict], label: str = "tuned
 def _changed_choices(before: list[dict], after: list[dict]) -> int:
     by_id = {r["id"]: r["choice"] for r in before}
     return sum(1 for r in after if r["id"] in by_id and by_id[r["id"]] != r["choice"])
+
+
+def _now() -> str:
+    from datetime import datetime
+
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _commit() -> dict:
+    """{"commit": HEAD of the checkout this package runs from (None outside a git checkout),
+    "uncommitted_changes": whether tracked files differ from it (None when unknown)}."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+
+    def git(*args):
+        try:
+            r = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "uncommitted_changes": None if status is None else status != ""}
+
+
+def _stamps(paths: list[Path]) -> dict[str, int | None]:
+    """{path: modification time in ns, None when missing}: a stage that did work changed one."""
+    return {str(p): p.stat().st_mtime_ns if p.exists() else None for p in paths}
+
+
+def _stage_files(pcfg: PipelineConfig, train_cfg, eval_cfg, tunes: list[str]) -> dict[str, list[Path]]:
+    """The files each stage (re)writes when it does work, and leaves alone when it reuses what is there:
+    the testbed manifest, a training run's train_results.json, an export's omnimem_export.json and
+    adapter, every eval cell's metrics.json."""
+    from omnimem_train.eval.grid import METRICS, cell_dir, grid_cells
+
+    def cells(cfg):
+        return [cell_dir(cfg, c) / METRICS for c in grid_cells(cfg.eval)]
+
+    files = {"testbed": [Path(pcfg.testbed.out) / "manifest.jsonl"]}
+    if not pcfg.uses_shipped_base:
+        first = curriculum_config(pcfg)
+        if first is not None:
+            files["curriculum"] = [Path(first.output_dir) / TRAIN_RESULTS]
+        files["train"] = [Path(train_cfg.output_dir) / TRAIN_RESULTS]
+    files["eval"] = cells(eval_cfg)
+    for name in tunes:
+        tune_cfg, tuned_eval = tune_configs(pcfg, train_cfg, eval_cfg, name)
+        files[name] = [Path(tune_cfg.output_dir) / "adapter_model.safetensors",
+                       Path(tuned_eval.model_name_or_path) / "omnimem_export.json"]
+        files[f"{name}_eval"] = cells(tuned_eval)
+    return files
+
+
+def _read_runs(path: Path) -> list[dict]:
+    """The runs an earlier pipeline.json records, oldest first. A record from before the history was
+    kept (one run, no "runs") becomes that run, dated by the file's modification time."""
+    from datetime import datetime
+
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(old, dict):
+        return []
+    if isinstance(old.get("runs"), list):
+        return [r for r in old["runs"] if isinstance(r, dict)]
+    if "times" not in old:
+        return []
+    date = datetime.fromtimestamp(path.stat().st_mtime).astimezone().isoformat(timespec="seconds")
+    return [{"date": date, "commit": None, "uncommitted_changes": None, "times": old["times"], "reused": None}]
+
+
+def _budget_words(row: dict) -> str:
+    f = row.get("budget_fraction")
+    if row.get("budget") is not None:
+        return f"{row['budget']} audio+visual tokens per layer"
+    if f:
+        inv = 1 / f
+        share = f"1/{inv:.0f}" if abs(inv - round(inv)) < 1e-9 else f"{f:g}"
+        return f"{share} of each clip's audio+visual tokens"
+    return "full memory"
+
+
+def _diff_str(diff: float, lo: float, hi: float) -> str:
+    diff, lo, hi = (x + 0.0 for x in (diff, lo, hi))  # -0.0 prints as +0.000
+    return f"{diff:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def _tuned_diffs(summary: dict, tuned: dict) -> dict[str, tuple]:
+    """{training-free cell name: (tuned cell row, PairedDiff tuned - free, answers changed)} for the
+    cells both evaluated, paired on the same clips."""
+    from omnimem_train.eval.grid import budget_str
+    from omnimem_train.eval.paired import pair_predictions, paired_bootstrap
+
+    key = lambda c: (c["scorer"], budget_str(c), c.get("allocation"))  # noqa: E731
+    free = {key(c): c for c in summary["cells"]}
+    out = {}
+    for c in tuned["cells"]:
+        b = free.get(key(c))
+        if b is None or b["cell"] not in summary["predictions"] or c["cell"] not in tuned["predictions"]:
+            continue
+        x, y = pair_predictions(tuned["predictions"][c["cell"]], summary["predictions"][b["cell"]])
+        out[b["cell"]] = (c, paired_bootstrap(x, y),
+                          _changed_choices(summary["predictions"][b["cell"]], tuned["predictions"][c["cell"]]))
+    return out
+
+
+def format_results(summary: dict, tunes: list[str]) -> str:
+    """One line per cell of the grid: its training-free accuracy [95% CI] and, for each tuning run that
+    evaluated the cell, the tuned (exported) accuracy and the paired difference tuned - training-free."""
+    from omnimem_train.eval.grid import accuracy_str
+
+    diffs = {name: _tuned_diffs(summary, summary[name]) for name in tunes}
+    w = max([12, *(len(c["cell"]) for c in summary["cells"])])
+    head = f"{'cell':<{w}} {'training-free':<22}"
+    for name in tunes:
+        head += f" {name + ' (exported)':<22} {name + ' - free [95% CI]':<26}"
+    lines = [head.rstrip(), "-" * len(head.rstrip())]
+    for c in summary["cells"]:
+        line = f"{c['cell']:<{w}} {accuracy_str(c):<22}"
+        for name in tunes:
+            if c["cell"] in diffs[name]:
+                tuned, r, _ = diffs[name][c["cell"]]
+                line += f" {accuracy_str(tuned):<22} {_diff_str(r.diff, r.lo, r.hi):<26}"
+            else:
+                line += f" {'':<22} {'':<26}"
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+def explain(summary: dict, tunes: list[str], steps: dict[str, int] | None = None) -> list[str]:
+    """What the results say, in sentences computed from them: OmniMem (the calibrated allocation + the
+    omnimem score) against full memory and against each baseline of its budget (a claim only where
+    the paired 95% CI excludes 0), then what each tuning run changed."""
+    from omnimem_train.eval.grid import METHOD
+
+    steps = steps or {}
+    rows = {c["cell"]: c for c in summary["cells"]}
+    methods = [c for c in summary["cells"] if (c["scorer"], c.get("allocation")) == METHOD]
+    comparisons = summary.get("comparisons") or []
+    says = []
+    if not methods:
+        full = next((c for c in summary["cells"] if c["scorer"] == "full"), None)
+        rest = [c for c in summary["cells"] if c["scorer"] != "full"]
+        if full is not None and rest:
+            best = max(rest, key=lambda c: c["accuracy"])
+            says.append(f"The grid has no OmniMem cell (calibrated allocation + omnimem score); its best compressed "
+                        f"cell, {best['cell']}, scores {best['accuracy']:.3f} where full memory scores "
+                        f"{full['accuracy']:.3f}.")
+    for m in methods:
+        vs_full = next((r for r in comparisons if r["a"] == "full" and r["b"] == m["cell"]), None)
+        if vs_full is not None:
+            lo, hi = vs_full["ci"]
+            gap = ("loses accuracy to full memory" if lo > 0 else "scores above full memory" if hi < 0 else
+                   "shows no significant difference from full memory (the paired CI includes 0)")
+            says.append(f"OmniMem at {_budget_words(m)} ({m['cell']}) scores {m['accuracy']:.3f} where full memory "
+                        f"scores {vs_full['acc_a']:.3f}: it {gap}, {_diff_str(-vs_full['diff'], -hi, -lo)} "
+                        f"on {vs_full['n']} paired clips.")
+        others = [r for r in comparisons if r["a"] == m["cell"] and rows.get(r["b"], {}).get("scorer") != "full"]
+        worse = [r for r in others if r["ci"][1] < 0]
+        better = [r for r in others if r["ci"][0] > 0]
+        level = [r for r in others if r["ci"][0] <= 0 <= r["ci"][1]]
+        if worse:
+            says.append("OmniMem loses to " + ", ".join(f"{r['b']} ({_diff_str(r['diff'], *r['ci'])})" for r in worse)
+                        + " at the same budget (the paired CI lies below 0): on this model and testbed "
+                        + ("that method keeps" if len(worse) == 1 else "those methods keep")
+                        + " more of what the questions ask about.")
+        if better:
+            says.append("OmniMem beats " + ", ".join(f"{r['b']} ({_diff_str(r['diff'], *r['ci'])})" for r in better)
+                        + ".")
+        if level:
+            says.append("No significant difference from " + ", ".join(r["b"] for r in level)
+                        + " (the paired CIs include 0).")
+    for name in tunes:
+        unchanged = []
+        for cell, (_tuned, r, changed) in _tuned_diffs(summary, summary[name]).items():
+            is_method = (rows[cell]["scorer"], rows[cell].get("allocation")) == METHOD
+            if not is_method and rows[cell]["scorer"] != "full":
+                continue
+            what = "OmniMem" if is_method else "full memory"
+            d = _diff_str(r.diff, r.lo, r.hi)
+            if changed == 0:
+                unchanged.append((what, r.n))
+            elif r.lo > 0:
+                says.append(f"{name} raised {what} by {d} (the CI excludes 0; {changed} of {r.n} answers changed).")
+            elif r.hi < 0:
+                says.append(f"{name} lowered {what} by {d} (the CI excludes 0; {changed} of {r.n} answers changed)"
+                            + ("" if is_method else ": the adapter was trained under the budget, not for the full "
+                                                    "context") + ".")
+            else:
+                says.append(f"{name} did not change {what} measurably: {d} includes 0 ({changed} of {r.n} answers "
+                            f"changed, gains and losses about even). That can happen when {steps.get(name, '?')} "
+                            f"steps move the option scores little, or when {r.n} clips cannot resolve a difference "
+                            f"smaller than about {max(r.hi - r.diff, r.diff - r.lo):.2f}.")
+        if unchanged:
+            says.append(f"{name} changed none of the answers of {' or '.join(w for w, _ in unchanged)} "
+                        f"({unchanged[0][1]} clips), so the accuracies are the same by construction: in "
+                        f"{steps.get(name, '?')} steps the adapter moved the option scores too little to flip any.")
+    return says
+
+
+def format_ending(summary: dict, tunes: list[str], steps: dict[str, int], times: dict, reused: dict,
+                  record: Path, n_runs: int, eval_dir: str) -> str:
+    """The block the pipeline ends on: the result table, where the plots and summaries are, the wall
+    time (reused stages marked) and what the numbers mean."""
+    import textwrap
+
+    lines = ["", "=" * 30 + " result " + "=" * 30, format_results(summary, tunes), ""]
+    lines.append(f"plot:        {summary['plot']}")
+    lines.append(f"summary:     {Path(eval_dir) / 'summary.md'} (per question type, paired comparisons)")
+    for name in tunes:
+        lines.append(f"{name + ':':<12} {summary[name]['plot']}, {Path(summary[name]['plot']).with_name('summary.md')}")
+    marked = [f"{k[:-2]} {v:.0f} s" + (" (reused)" if reused.get(k[:-2]) else "") for k, v in times.items()]
+    lines.append("wall time:   " + ", ".join(marked))
+    lines.append(f"record:      {record} (run {n_runs}; every run's times, commit and reused stages)")
+    says = explain(summary, tunes, steps)
+    if says:
+        lines.append("meaning:")
+        lines += [textwrap.fill(s, 100, initial_indent="  - ", subsequent_indent="    ") for s in says]
+    return "\n".join(lines)
 
 
 def cmd_pipeline(args) -> int:

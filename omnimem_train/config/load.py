@@ -11,8 +11,9 @@ The same merge from the command line:
     omnimem-train infer recipes/infer/tiny_omni.yaml memory.budget=512 device=cpu
 
 Serving a trained or exported model (`infer`, `eval`, `StreamSession.from_pretrained`) uses
-`load_serving_config`, which also reads the memory settings saved next to the model
-(`<model dir>/omnimem_memory.json`): defaults < the model's memory settings < recipe < key=value.
+`load_serving_config`, which also reads the settings saved next to the model (its memory settings
+and the answer format / system prompt it was trained with, `<model dir>/omnimem_memory.json`):
+defaults < the model's settings < recipe < key=value.
 
 Every problem with the input raises `ConfigError` with a one-line message that names where the
 value came from (the recipe file or the override) and the dotted key, e.g.
@@ -27,7 +28,7 @@ import difflib
 import io
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 from omnimem_train.config.schema import SOURCES, Config, FieldValueError
-from omnimem_train.config.served import model_memory_layer
+from omnimem_train.config.served import model_memory_layer, served_settings
 from omnimem_train.errors import ConfigError, first_line
 from omnimem_train.utils.atomic import atomic_write_text
 
@@ -64,6 +65,7 @@ def load_serving_config(
     overrides: Sequence[str] = (),
     schema: type = Config,
     settings: Mapping[str, Any] | None = None,
+    set_later: Collection[str] = (),
 ) -> tuple[Any, str | None]:
     """`load_config` for serving a model: the memory settings saved next to it are merged right
     after the schema defaults. Precedence: defaults < `<model dir>/omnimem_memory.json` < `recipe`
@@ -73,15 +75,20 @@ def load_serving_config(
     hub ids have no such file. A relative `budget_file` in the file is resolved against the model
     directory. A higher layer that sets any of budget / budget_fraction / compression_ratio /
     budget_file replaces the model's budget as a whole (together they are one setting). A model trained without
-    compression (`"compression": "none"`) contributes nothing: its memory settings never shaped
+    compression (`"compression": "none"`) contributes no memory settings: they never shaped
     the weights, so the recipe's (by default full memory) apply.
 
-    Returns (config, note): note is one line saying which memory settings came from the model
-    (None when the model has no settings file).
+    The file also carries the prompt the model was trained on (`generation.answer_format`,
+    `generation.system_prompt`), applied with the same precedence. `set_later`: dotted keys the
+    caller replaces itself after loading (the eval grid's per-cell scorer and budget).
+
+    Returns (config, note): note is one line listing the model's settings in effect (None when the
+    model has no settings file).
     """
     _check_args(overrides, schema)
     cfg, layers = _build(schema, _user_layers(recipe, overrides, schema, settings))
-    model_layer, note = model_memory_layer(cfg.model_name_or_path, set().union(*(_dotted_keys(d) for _, d in layers)))
+    model_layer, note = model_memory_layer(cfg.model_name_or_path, set().union(*(_dotted_keys(d) for _, d in layers)),
+                                           cfg, set_later)
     if model_layer is None:
         return cfg, note
     return _build(schema, [model_layer, *layers])[0], note
@@ -104,8 +111,9 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def memory_settings(cfg) -> dict:
-    """A run config's settings to serve its model with: {"compression": ..., <every memory.* field>}."""
-    return {"compression": cfg.compression, **config_to_dict(cfg)["memory"]}
+    """A run config's settings to serve its model with (`served.served_settings`: memory and the
+    prompt it was trained on)."""
+    return served_settings(cfg)
 
 
 def config_keys(schema: type = Config) -> dict[str, str]:

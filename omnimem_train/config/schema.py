@@ -188,6 +188,18 @@ class MemoryConfig:
         default=None,
         metadata={"help": "if set, a group is this many seconds of media instead of group_size tokens"},
     )
+    sketch_dim: int | None = field(
+        default=None,
+        metadata={"help": "omnimem/novelty: store each token's layer-input hidden state as a fixed random "
+                          "orthogonal projection to this many dims (the same matrix in every layer and group; "
+                          "cosines are kept approximately), shrinking their per-token state (null = full hidden "
+                          "states)"},
+    )
+    sketch_dtype: str | None = field(
+        default=None,
+        metadata={"help": "omnimem/novelty: store the (unit-normalised) hidden states or sketches in this dtype: "
+                          "float16 | bfloat16 | float32 (null = the model's dtype, as computed)"},
+    )
 
     def __post_init__(self) -> None:
         _text(self, "scorer", "a scorer name")  # the memory registry checks that it exists
@@ -214,6 +226,9 @@ class MemoryConfig:
         _int(self, "query_block", ge=1)
         _int(self, "group_size", ge=1)
         _number(self, "group_seconds", gt=0, optional=True)
+        _int(self, "sketch_dim", ge=1, optional=True)
+        _require(self.sketch_dtype is None or self.sketch_dtype in DTYPES, "sketch_dtype", self.sketch_dtype,
+                 "one of " + " | ".join(DTYPES) + " or null")
 
 
 @dataclass
@@ -271,6 +286,7 @@ class CalibrationConfig:
 
 
 EVAL_ALLOCATIONS = ("uniform", "calibrated", "blind")
+BUDGET_AXES = ("tokens", "bytes")  # eval.budget_axis
 EVAL_SPLITS = ("train", "val", "test")  # omnimem_train.data.manifest.SPLITS
 
 
@@ -335,6 +351,12 @@ class EvalConfig:
         metadata={"help": "manifest fields beyond the standard ones (a sample's `extra`, e.g. `depth` of the long "
                           "testbed split) whose values each get an accuracy row per cell, as question types do"},
     )
+    budget_axis: str = field(
+        default="tokens",
+        metadata={"help": "what the grid's budgets hold equal: tokens (audio+visual tokens per layer, the paper's "
+                          "axis) or bytes (each cell keeps as many tokens as fit the total retained bytes, KV plus "
+                          "its per-token state, of a KV-only method at that token budget; cells <name>-bytes)"},
+    )
 
     def __post_init__(self) -> None:
         _require(self.manifest is None or (isinstance(self.manifest, str) and self.manifest.strip() != ""),
@@ -367,6 +389,7 @@ class EvalConfig:
                  and 0 < self.fraction <= 1, "fraction", self.fraction, "a fraction in (0, 1]")
         ok = isinstance(self.group_by, list) and all(isinstance(k, str) and k.strip() for k in self.group_by)
         _require(ok, "group_by", self.group_by, "a list of manifest field names")
+        _choice(self, "budget_axis", BUDGET_AXES)
 
 
 BAD_SAMPLE_ACTIONS = ("error", "skip")

@@ -38,11 +38,12 @@ def probe_samples(samples: list[Sample], manifest: str | Path, check: Callable[[
     With on_bad "skip", `output_dir` gets skipped.jsonl when a sample was skipped (a stale one
     from an earlier run is removed when none was), and `err` (default stderr) the count.
     """
-    from tqdm import tqdm
+    from omnimem_train.utils.progress import progress
 
     err = err or sys.stderr
     kept, skipped = [], []
-    for s in tqdm(samples, desc="checking media", unit="sample", file=err, disable=None, leave=False):
+    # transient: a quick check leaves no line, so the skip count (or the error) is its only output
+    for s in progress(samples, desc="checking media", unit="sample", file=err, leave=False, transient=True):
         try:
             check(s.video, s.audio)
         except MediaError as e:

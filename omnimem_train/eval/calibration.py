@@ -89,13 +89,15 @@ def run_calibration(adapter, cfg, inputs: list[str], output: Path, total: int, e
     from omnimem_train.models.prompt import split_chat_prompt
     from omnimem_train.streaming.engine import StreamingEngine
     from omnimem_train.streaming.inputs import media_input
+    from omnimem_train.utils.progress import progress
 
     err = err or sys.stderr
     n_layers = len(adapter.decoder_layers)
     prefix, _ = split_chat_prompt(adapter.tokenizer, cfg.generation.system_prompt, "", cfg.generation.answer_format)
     collector = CalibrationCollector(n_layers, cfg.memory.query_block)
     used = []
-    for k, path in enumerate(inputs):
+    bar = progress(inputs, desc="calibrate", unit="input", file=err, leave=False)
+    for k, path in enumerate(bar):
         one = CalibrationCollector(n_layers, cfg.memory.query_block)  # merged only if the whole stream reads
         engine = StreamingEngine.from_config(adapter, cfg.memory, policy=one)
         try:
@@ -103,13 +105,15 @@ def run_calibration(adapter, cfg, inputs: list[str], output: Path, total: int, e
             with torch.no_grad():
                 state, _ = engine.prefill(adapter.stream(media, prefix))
         except MediaError as e:
-            print(f"warning: skipping calibration input {k + 1}/{len(inputs)}: {e}", file=err)
+            bar.write(f"warning: skipping calibration input {k + 1}/{len(inputs)}: {e}", file=err)
             continue
         collector.merge(one)
         used.append(path)
         t = one.tokens
-        print(f"sample {k + 1}/{len(inputs)}: {path}: {state.tokens_seen} tokens "
-              f"({t['visual']} visual, {t['audio']} audio, {t['text']} text)", file=err, flush=True)
+        # through the bar, so a terminal's bar stays below the line
+        bar.write(f"sample {k + 1}/{len(inputs)}: {path}: {state.tokens_seen} tokens "
+                  f"({t['visual']} visual, {t['audio']} audio, {t['text']} text)", file=err)
+        err.flush()
     if not used:
         raise MediaError(f"none of the {len(inputs)} calibration inputs could be read")
     stats = collector.stats()

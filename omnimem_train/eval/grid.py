@@ -22,6 +22,9 @@ Cell names: `full` (always evaluated: the upper bound), `<scorer>-<budget>-<allo
 absolute budget (audio+visual tokens per layer) and `<scorer>-f<fraction>-<allocation>` for a
 fraction of each sample's own exact audio+visual tokens (`memory.budget_fraction`). Every
 allocation of one budget holds the same number of tokens over all layers (`budgets.scale_profile`).
+With `eval.budget_axis: bytes` every cell but `full` is named `<...>-bytes` and keeps, per sample, as
+many tokens as fit the total retained bytes (KV + extra state) of a KV-only method at the cell's
+token budget (`memory.budgets.EqualBytes`): a method storing hidden states per token keeps fewer.
 `frame_drop` drops time steps before the LLM, the same in every layer, so it has no calibrated cell.
 
 A cell is finished (`config.runs.is_finished_run`) when its metrics.json (written last, atomically)
@@ -58,7 +61,9 @@ PLOT = "accuracy_vs_budget.png"
 # Fields of a predictions.jsonl record, in order.
 PREDICTION_FIELDS = (
     "id", "question_type", "answer", "choice", "correct", "option_scores", "budget", "expected_tokens",
-    "tokens_seen", "retained_kv_bytes", "retained_total_bytes", "stream_seconds", "seconds",
+    "tokens_seen", "retained_kv_bytes", "retained_total_bytes",
+    "retained_media_tokens",  # audio+visual tokens kept per layer (mean over layers)
+    "stream_seconds", "seconds",
     "groups",  # only with eval.group_by: {field: value}
 )
 
@@ -72,6 +77,7 @@ class Cell:
     budget_fraction: float | None = None
     allocation: str | None = None  # "uniform" | "calibrated" | "blind"
     per_head: bool = False  # memory.per_head: every KV head its own top tokens
+    budget_axis: str = "tokens"  # eval.budget_axis: "bytes" sizes the budget at equal total bytes
 
     @property
     def is_full(self) -> bool:
@@ -90,11 +96,14 @@ class Cell:
 
     @property
     def name(self) -> str:
-        return "full" if self.is_full else f"{self.method}-{self.budget_label}-{self.allocation}"
+        if self.is_full:
+            return "full"
+        return f"{self.method}-{self.budget_label}-{self.allocation}" + ("-bytes" if self.budget_axis == "bytes" else "")
 
     def identity(self) -> dict:
         return {"cell": self.name, "scorer": self.method, "budget": self.budget,
-                "budget_fraction": self.budget_fraction, "allocation": self.allocation, "per_head": self.per_head}
+                "budget_fraction": self.budget_fraction, "allocation": self.allocation, "per_head": self.per_head,
+                "budget_axis": self.budget_axis}
 
 
 def _unique(items):
@@ -114,7 +123,8 @@ def grid_cells(ecfg) -> list[Cell]:
         allocations = _unique(ecfg.allocations)
         if scorer == "frame_drop":  # the same in every layer: a calibrated grid gives it the uniform cell
             allocations = [a for a in allocations if a != "calibrated"] or ["uniform"]
-        cells += [Cell(scorer, allocation=a, per_head=per_head, **size) for size in sizes for a in allocations]
+        cells += [Cell(scorer, allocation=a, per_head=per_head, budget_axis=ecfg.budget_axis, **size)
+                  for size in sizes for a in allocations]
     return cells
 
 
@@ -174,8 +184,19 @@ def cell_config(cfg, cell: Cell):
         per_head_scorers=[cell.scorer] if cell.per_head else [],
         budgets=[] if cell.budget is None else [cell.budget],
         budget_fractions=[] if cell.budget_fraction is None else [cell.budget_fraction],
-        allocations=[] if cell.allocation is None else [cell.allocation])
+        allocations=[] if cell.allocation is None else [cell.allocation],
+        budget_axis=cell.budget_axis)  # `full` has no budget: one cell serves both axes
     return dataclasses.replace(cfg, memory=mem, eval=ev)
+
+
+def cell_policy(adapter, ccfg):
+    """The memory policy of one cell (`ccfg`: its `cell_config`): as memory.* builds it, or, with
+    eval.budget_axis: bytes, sized at the equal total bytes of the model's tokens."""
+    from omnimem_train.memory.layer_memory import TokenShape
+    from omnimem_train.memory.registry import build_policy
+
+    shape = TokenShape.of_adapter(adapter) if ccfg.eval.budget_axis == "bytes" else None
+    return build_policy(ccfg.memory, len(adapter.decoder_layers), equal_bytes=shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,12 +271,12 @@ def run_cell(adapter, cfg, cell: Cell, samples: list, err: TextIO = sys.stderr, 
     """Evaluate `samples` under `cell`; writes the cell folder (metrics.json last) and returns its metrics.
     `cache`: an `EncoderCache` shared by the cells (`eval.cache_streams`)."""
     import torch
-    from tqdm import tqdm
 
     from omnimem_train.config import save_config
     from omnimem_train.streaming.engine import StreamingEngine
     from omnimem_train.streaming.infer import answer_question
     from omnimem_train.streaming.inputs import media_input
+    from omnimem_train.utils.progress import progress
 
     ccfg = cell_config(cfg, cell)
     out = cell_dir(cfg, cell)
@@ -264,11 +285,12 @@ def run_cell(adapter, cfg, cell: Cell, samples: list, err: TextIO = sys.stderr, 
     save_config(ccfg, out)
     torch.manual_seed(cfg.seed)  # each cell alike, whichever cells ran before it
     records = []
-    for s in tqdm(samples, desc=cell.name, unit="sample", file=err, dynamic_ncols=True, leave=False):
+    for s in progress(samples, desc=f"eval {cell.name}", unit="sample", file=err, leave=False):
         t0 = time.perf_counter()
         try:
             media, est = media_input(adapter, cfg.media, video=s.video, audio=s.audio)
-            engine = StreamingEngine.from_config(adapter, ccfg.memory)  # per sample: fresh policy state
+            # per sample: fresh policy state
+            engine = StreamingEngine.from_config(adapter, ccfg.memory, policy=cell_policy(adapter, ccfg))
             policy = engine.policy
             with torch.no_grad():
                 result = answer_question(engine, media, s.question, s.options, cfg.generation.system_prompt,
@@ -285,12 +307,20 @@ def run_cell(adapter, cfg, cell: Cell, samples: list, err: TextIO = sys.stderr, 
             "correct": result.choice == s.answer, "option_scores": [float(x) for x in result.option_scores],
             "budget": budget, "expected_tokens": int(est), "tokens_seen": result.report.tokens_seen,
             "retained_kv_bytes": int(result.report.kv_bytes), "retained_total_bytes": int(result.report.total_bytes),
+            "retained_media_tokens": result.report.mean("visual") + result.report.mean("audio"),
             "stream_seconds": result.stream_seconds, "seconds": seconds,
             **({"groups": sample_groups(cfg.eval, s)} if cfg.eval.group_by else {}),
         }
         records.append(rec)
     atomic_write_text(out / PREDICTIONS, "".join(json.dumps(r) + "\n" for r in records))
-    metrics = {**cell.identity(), **compute_metrics(records), "model": cfg.model_name_or_path,
+    kept = [r["retained_media_tokens"] for r in records]
+    budgets = [r["budget"] for r in records if r["budget"] is not None]
+    metrics = {**cell.identity(), **compute_metrics(records),
+               # tokens the budget allowed and the tokens kept, per layer (at equal bytes: fewer for a
+               # method with per-token state)
+               "budget_tokens_mean": sum(budgets) / len(budgets) if budgets else None,
+               "retained_media_tokens_mean": sum(kept) / len(kept) if kept else 0.0,
+               "model": cfg.model_name_or_path,
                "manifest": cfg.eval.manifest, "split": cfg.eval.split, "input_files": inputs}
     atomic_write_text(out / METRICS, _json(metrics))
     return metrics
@@ -300,29 +330,39 @@ def _fmt_bytes(n: float) -> str:
     return f"{n / 2**20:.3f}"
 
 
+def kept_str(row: dict) -> str:
+    """A summary row's audio+visual tokens kept per layer (mean over layers and samples); "-" for
+    metrics written before it was recorded."""
+    kept = row.get("retained_media_tokens_mean")
+    return "-" if kept is None else f"{kept:.1f}"
+
+
 def format_table(rows: list[dict]) -> str:
-    """scorer | budget | allocation | accuracy [95% CI] | n | KV MiB | state MiB | samples/s, one line
-    per cell (state: everything the method keeps, KV plus hidden states or running attention)."""
+    """scorer | budget | allocation | accuracy [95% CI] | n | kept | KV MiB | total MiB | samples/s, one
+    line per cell. kept: audio+visual tokens retained per layer; total: KV + extra state (the method's
+    per-token state, e.g. hidden states or running attention, and the bookkeeping), per sample."""
     w = max([12, *(len(r["scorer"]) for r in rows)])
-    head = (f"{'scorer':<{w}} {'budget':>8} {'allocation':<10} {'accuracy [95% CI]':<22} {'n':>5} {'KV MiB':>8} "
-            f"{'state MiB':>9} {'samples/s':>9}")
+    wb = max([8, *(len(budget_str(r)) for r in rows)])
+    head = (f"{'scorer':<{w}} {'budget':>{wb}} {'allocation':<10} {'accuracy [95% CI]':<22} {'n':>5} {'kept':>7} "
+            f"{'KV MiB':>8} {'total MiB':>9} {'samples/s':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['scorer']:<{w}} {budget_str(r):>8} {r.get('allocation') or '-':<10} {accuracy_str(r):<22} "
-                     f"{r['n']:>5} {_fmt_bytes(r['kv_bytes_mean']):>8} {_fmt_bytes(r['total_bytes_mean']):>9} "
-                     f"{r['samples_per_s']:>9.2f}")
+        lines.append(f"{r['scorer']:<{w}} {budget_str(r):>{wb}} {r.get('allocation') or '-':<10} "
+                     f"{accuracy_str(r):<22} {r['n']:>5} {kept_str(r):>7} {_fmt_bytes(r['kv_bytes_mean']):>8} "
+                     f"{_fmt_bytes(r['total_bytes_mean']):>9} {r['samples_per_s']:>9.2f}")
     return "\n".join(lines)
 
 
 def format_markdown(rows: list[dict]) -> str:
-    """The summary as a Markdown table: accuracy [95% CI] overall and per question type, memory."""
+    """The summary as a Markdown table: accuracy [95% CI] overall and per question type, tokens kept
+    per layer, memory (KV, and total = KV + extra state)."""
     types = sorted({t for r in rows for t in r.get("per_type", {})})
-    head = ["scorer", "budget", "allocation", "accuracy [95% CI]", *types, "n", "KV MiB", "state MiB"]
+    head = ["scorer", "budget", "allocation", "accuracy [95% CI]", *types, "n", "kept", "KV MiB", "total MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         per = [f"{r['per_type'][t]['accuracy']:.2f}" if t in r.get("per_type", {}) else "-" for t in types]
         cells = [r["scorer"], budget_str(r), r.get("allocation") or "-", accuracy_str(r), *per, str(r["n"]),
-                 _fmt_bytes(r["kv_bytes_mean"]), _fmt_bytes(r["total_bytes_mean"])]
+                 kept_str(r), _fmt_bytes(r["kv_bytes_mean"]), _fmt_bytes(r["total_bytes_mean"])]
         lines.append("| " + " | ".join(cells) + " |")
     for key in dict.fromkeys(k for r in rows for k in r.get("per_group", {})):
         values = list(dict.fromkeys(v for r in rows for v in r.get("per_group", {}).get(key, {})))
@@ -336,10 +376,12 @@ def format_markdown(rows: list[dict]) -> str:
 
 
 def budget_str(row: dict) -> str:
-    """A summary row's budget: "-" (full), "64" (absolute) or "0.0625x" (a fraction of the stream)."""
+    """A summary row's budget: "-" (full), "64" (absolute) or "0.0625x" (a fraction of the stream);
+    "64@bytes" at equal total bytes (eval.budget_axis: bytes)."""
     if row["scorer"] == "full":
         return "-"
-    return str(row["budget"]) if row.get("budget") is not None else f"{row['budget_fraction']:g}x"
+    size = str(row["budget"]) if row.get("budget") is not None else f"{row['budget_fraction']:g}x"
+    return size + ("@bytes" if row.get("budget_axis") == "bytes" else "")
 
 
 def accuracy_str(row: dict) -> str:
@@ -421,7 +463,8 @@ def run_eval(cfg, out: TextIO | None = None, err: TextIO | None = None) -> dict:
         for cell in todo:
             m = run_cell(adapter, cfg, cell, samples, err, cache)
             print(f"{cell.name}: accuracy {m['accuracy']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}] "
-                  f"({m['correct']}/{m['n']}), KV {_fmt_bytes(m['kv_bytes_mean'])} MiB, "
+                  f"({m['correct']}/{m['n']}), {kept_str(m)} tokens kept/layer, KV {_fmt_bytes(m['kv_bytes_mean'])} "
+                  f"MiB, total {_fmt_bytes(m['total_bytes_mean'])} MiB, "
                   f"{m['samples_per_s']:.2f} samples/s", file=out, flush=True)
     rows = [json.loads((cell_dir(cfg, c) / METRICS).read_text(encoding="utf-8")) for c in cells]
     predictions = {c.name: read_predictions(cell_dir(cfg, c) / PREDICTIONS) for c in cells}
@@ -454,6 +497,6 @@ def _load_model(cfg):
     return adapter
 
 
-__all__ = ["Cell", "PREDICTION_FIELDS", "cell_config", "check_scorers", "comparison_pairs", "format_markdown",
-           "format_table", "grid_cells", "input_files", "is_finished", "read_cells", "read_predictions", "run_cell",
+__all__ = ["Cell", "PREDICTION_FIELDS", "cell_config", "cell_policy", "check_scorers", "comparison_pairs",
+           "format_markdown", "format_table", "grid_cells", "input_files", "is_finished", "read_cells", "read_predictions", "run_cell",
            "run_eval", "select_samples"]

@@ -61,10 +61,13 @@ def restore_part_dtypes(full, dtypes: dict[str, torch.dtype]) -> None:
 def check_parts_identical(base_dir: Path, out_dir: Path) -> int:
     """Raise ModelError unless every non-thinker tensor of `base_dir` is in `out_dir` with the same
     dtype, shape and bytes; returns how many tensors were compared."""
+    from omnimem_train.utils.progress import progress
+
     with contextlib.ExitStack() as stack:
         base, out = _handles(base_dir, stack), _handles(out_dir, stack)
         names = [k for k in base if not k.startswith(THINKER_PREFIX)]
-        for k in names:
+        # reads both copies of every talker/token2wav tensor: gigabytes for a full Omni model
+        for k in progress(names, desc="verify talker/token2wav", unit="tensor", leave=False):
             if k not in out:
                 raise ModelError(f"{out_dir}: the export lacks the base's tensor {k}")
             a, b = base[k].get_tensor(k), out[k].get_tensor(k)

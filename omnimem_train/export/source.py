@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from omnimem_train.config.served import MEMORY_FILE, read_memory_settings
+from omnimem_train.config.served import GENERATION_KEYS, MEMORY_FILE, read_memory_settings
 from omnimem_train.errors import ConfigError, ModelError, first_line
 from omnimem_train.models.load import tensor_shapes
 
@@ -42,7 +42,7 @@ class TrainedSource:
     weights:         safetensors files holding the trained tensors ([] when they must be consolidated)
     zero_dir:        DeepSpeed `global_stepN/` folder to consolidate from (None when `weights` are used)
     why_consolidate: why the safetensors weights could not be used (for the log)
-    memory:          the memory settings of the run (`omnimem_memory.json`)
+    memory:          the settings the run serves with (`omnimem_memory.json`: memory and generation)
     budget_file:     the budget JSON named by `memory["budget_file"]`, resolved to an existing file
     """
 
@@ -116,11 +116,18 @@ def _read_run_config(folder: Path) -> dict:
 
 
 def _read_memory(folder: Path, cfg: dict) -> dict:
-    """The run's `omnimem_memory.json`; without one (an older run), the same keys from config.yaml."""
+    """The run's `omnimem_memory.json`; without one (an older run), the same keys from config.yaml.
+    A file without the "generation" section takes the prompt the run trained on from config.yaml,
+    so the export answers in its trained format without the caller naming it."""
     f = folder / MEMORY_FILE
     if not f.is_file():
-        return {"compression": cfg.get("compression", "streaming"), **(cfg.get("memory") or {})}
-    return read_memory_settings(f)
+        memory = {"compression": cfg.get("compression", "streaming"), **(cfg.get("memory") or {})}
+    else:
+        memory = read_memory_settings(f)
+    generation = cfg.get("generation")
+    if "generation" not in memory and isinstance(generation, dict):
+        memory["generation"] = {k: generation[k] for k in GENERATION_KEYS if k in generation}
+    return memory
 
 
 def _resolve_budget_file(folder: Path, memory: dict) -> Path | None:

@@ -20,6 +20,7 @@ Text is never counted; a limit above what exists keeps everything; a limit of 0 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -63,13 +64,44 @@ def fraction_budget(fraction: float, counts: Mapping[Modality, int]) -> int:
     return 0 if n == 0 else max(1, math.floor(fraction * n + 0.5))
 
 
-def stream_counts(pieces: Iterable[StreamPiece]) -> dict[Modality, int]:
-    """Exact audio/visual token counts of a materialised stream (a list of pieces)."""
-    counts = dict.fromkeys(MEDIA, 0)
+class StreamCounts(dict):
+    """{Modality: tokens} of a stream's audio and visual tokens (a plain dict of the media, so sums
+    over it stay media counts), with `text`: its text tokens, which every layer keeps (what an
+    equal-bytes budget must leave room for)."""
+
+    text: int = 0
+
+
+def stream_counts(pieces: Iterable[StreamPiece]) -> StreamCounts:
+    """Exact audio/visual token counts of a materialised stream (a list of pieces), and its text
+    token count (`StreamCounts.text`)."""
+    counts = StreamCounts.fromkeys(MEDIA, 0)
     for piece in pieces:
         for m in MEDIA:
             counts[m] += int((piece.modality == int(m)).sum())
+        counts.text += int((piece.modality == int(Modality.TEXT)).sum())
     return counts
+
+
+@dataclass(frozen=True)
+class EqualBytes:
+    """Turns a token budget into the one whose retained bytes equal those of a method keeping K/V
+    only (`eval.budget_axis: bytes`). Costs are bytes per retained token at one layer
+    (`layer_memory.TokenBytes.total`): `reference`, K/V and bookkeeping; `method`, the same plus the
+    method's per-token state (hidden states, running attention, per-head bookkeeping)."""
+
+    reference: int
+    method: int
+
+    def __post_init__(self):
+        if not 0 < self.reference <= self.method:
+            raise ValueError(f"need 0 < reference <= method bytes per token, got {self.reference}, {self.method}")
+
+    def tokens(self, budget: int, text: int) -> int:
+        """Audio+visual tokens per layer of the method -> floor((text + budget) x reference / method) - text
+        (at least 0): the text every layer keeps costs the method its own bytes too, so the layer's
+        total stays at or below (text + budget) x reference."""
+        return max(0, (text + budget) * self.reference // self.method - text)
 
 
 def largest_remainder(shares: list[float], total: int) -> list[int]:
@@ -136,6 +168,10 @@ class Budgets:
     # Layers whose budget is a total without a split (an int in the file): audio and visual share
     # it (a pooled cap); their `per_layer` pair is that total split by ρ.
     shared_layers: frozenset[int] = frozenset()
+    # At equal bytes (`equal_bytes` set) the per-layer size is resolved per stream by `for_stream`
+    # from `size` (an absolute budget) or `fraction`, and the stream's text count.
+    size: int | None = None
+    equal_bytes: EqualBytes | None = None
 
     # --- construction ------------------------------------------------------------------------
     @staticmethod
@@ -156,8 +192,11 @@ class Budgets:
         """`total` audio+visual tokens per layer on average: uniform, or `profile`'s shape scaled to
         the same n_layers x total."""
         if profile is None:
-            return Budgets.uniform(total, n_layers, rho, modality_aware)
-        return Budgets.of_layers(scale_profile(profile, total * n_layers), rho, modality_aware)
+            budgets = Budgets.uniform(total, n_layers, rho, modality_aware)
+        else:
+            budgets = Budgets.of_layers(scale_profile(profile, total * n_layers), rho, modality_aware)
+        # The size and shape it came from: `at_equal_bytes` re-sizes it per stream.
+        return dataclasses.replace(budgets, size=total, profile=None if profile is None else tuple(profile))
 
     @staticmethod
     def of_fraction(fraction: float, n_layers: int, rho: float, profile=None, modality_aware: bool = True) -> Budgets:
@@ -180,19 +219,29 @@ class Budgets:
     @property
     def needs_counts(self) -> bool:
         """Whether the stream's exact token counts must be known before it starts (`for_stream`)."""
-        return self.fraction is not None
+        return self.fraction is not None or self.equal_bytes is not None
+
+    def at_equal_bytes(self, equal_bytes: EqualBytes) -> Budgets:
+        """This budget (an absolute `sized` one, or a fraction template) as a template resolved per
+        stream to the token count of equal retained bytes (`EqualBytes.tokens`), same allocation."""
+        if self.fraction is None and self.size is None:
+            raise ValueError("equal bytes needs a budget or budget_fraction size")
+        return dataclasses.replace(self, per_layer=None, shared_layers=frozenset(), equal_bytes=equal_bytes)
 
     def for_stream(self, counts: Mapping[Modality, int]) -> Budgets:
-        """The concrete budgets of one stream with these exact audio/visual token counts (self when
-        the size does not depend on the stream)."""
-        if self.fraction is None:
+        """The concrete budgets of one stream with these exact audio/visual (and, at equal bytes,
+        text) token counts (self when the size does not depend on the stream)."""
+        if not self.needs_counts:
             return self
-        total = fraction_budget(self.fraction, counts)
+        total = self.size if self.fraction is None else fraction_budget(self.fraction, counts)
+        if self.equal_bytes is not None:
+            total = self.equal_bytes.tokens(total, int(getattr(counts, "text", 0)))
         return Budgets.sized(total, self.n_layers, self.rho, self.profile, self.modality_aware)
 
     def limits(self, layer_idx: int, seen: dict[Modality, int]) -> Limits:
-        if self.fraction is not None:
-            raise RuntimeError("a budget_fraction budget is resolved per stream: call for_stream(counts) first")
+        if self.needs_counts:
+            raise RuntimeError("a budget_fraction or equal-bytes budget is resolved per stream: call "
+                               "for_stream(counts) first")
         if self.keep_fraction is not None:
             a, v = (int(seen.get(m, 0) * self.keep_fraction) for m in MEDIA)
             pooled = int((seen.get(Modality.AUDIO, 0) + seen.get(Modality.VISUAL, 0)) * self.keep_fraction)

@@ -145,3 +145,49 @@ class LayerMemory:
 
     def extra_bytes(self) -> int:
         return sum(v.numel() * v.element_size() for v in self.extras.values())
+
+
+@dataclass(frozen=True)
+class TokenBytes:
+    """Bytes one retained token costs at one layer, split as `LayerMemory` counts them: K/V, the
+    engine's bookkeeping (`meta_bytes`) and the policy's per-token state (`extra_bytes`)."""
+
+    kv: int
+    meta: int
+    extra: int
+
+    @property
+    def total(self) -> int:
+        return self.kv + self.meta + self.extra
+
+
+@dataclass(frozen=True)
+class TokenShape:
+    """What one layer stores of one token: K/V of `n_kv_heads` heads of `head_dim` in `dtype`,
+    `position_dims` original positions, and hidden states of `hidden_size` (what a policy's
+    per-token state is computed from)."""
+
+    n_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    position_dims: int
+    dtype: torch.dtype
+
+    @staticmethod
+    def of_adapter(adapter) -> TokenShape:
+        """Read from the first decoder layer's attention (its k_proj rows are n_kv_heads x head_dim)
+        and the LM head (rows of `hidden_size`), as the engine stores them."""
+        attn = adapter.decoder_layers[0].self_attn
+        return TokenShape(attn.k_proj.weight.shape[0] // attn.head_dim, attn.head_dim,
+                          adapter.lm_head.weight.shape[1], adapter.position_dims, adapter.dtype)
+
+    def token_bytes(self, extras: dict[str, torch.Tensor] | None = None, per_head: bool = False) -> TokenBytes:
+        """extras: name -> (1, ...) one token's per-token state (nothing: a method keeping K/V only);
+        per_head: the per-head layout (bookkeeping and extras once per KV head). Measured on a one-token
+        `LayerMemory`, so the count is the one the memory report makes."""
+        kv = torch.zeros(1, self.n_kv_heads, 1, self.head_dim, dtype=self.dtype)
+        one = LayerMemory(kv, kv, torch.zeros(self.position_dims, 1, dtype=torch.long),
+                          torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), dict(extras or {}))
+        if per_head:
+            one = one.by_head()
+        return TokenBytes(one.kv_bytes(), one.meta_bytes(), one.extra_bytes())

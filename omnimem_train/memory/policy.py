@@ -14,18 +14,27 @@ from collections.abc import Iterable
 
 import torch
 
-from omnimem_train.memory.budgets import Budgets
+from omnimem_train.memory.budgets import Budgets, EqualBytes
 from omnimem_train.memory.context import LayerContext
-from omnimem_train.memory.layer_memory import LayerMemory
+from omnimem_train.memory.layer_memory import LayerMemory, TokenBytes, TokenShape
 from omnimem_train.models.base import StreamPiece
 
 
 class MemoryPolicy(ABC):
     name: str = "base"
+    per_head: bool = False  # every KV head keeps its own tokens (bookkeeping and extras once per head)
 
     def new_token_extras(self, hidden_new: torch.Tensor) -> dict[str, torch.Tensor]:
-        """hidden_new (n_new, D) -> per-token state for the group's tokens (same keys every call)."""
+        """hidden_new (n_new, D) -> per-token state for the group's tokens (same keys every call; no
+        side effects: `token_bytes` probes it)."""
         return {}
+
+    def token_bytes(self, shape: TokenShape) -> TokenBytes:
+        """Bytes one retained token costs under this policy at one layer: K/V, bookkeeping and the
+        per-token state `new_token_extras` declares (probed with one zero hidden state of
+        `shape.hidden_size`). A policy that keeps per-token state elsewhere overrides this."""
+        probe = torch.zeros(1, shape.hidden_size, dtype=shape.dtype)
+        return shape.token_bytes(self.new_token_extras(probe), self.per_head)
 
     @abstractmethod
     def update(self, ctx: LayerContext) -> LayerMemory:
@@ -61,6 +70,14 @@ class BudgetedPolicy(MemoryPolicy):
 
     def set_fraction(self, fraction: float) -> None:
         """Resolve later streams at another budget_fraction (training with a sampled budget)."""
-        if not self.template.needs_counts:
+        if self.template.fraction is None:
             raise ValueError("set_fraction needs a budget_fraction budget")
         self.template = dataclasses.replace(self.template, fraction=fraction)
+
+    def at_equal_bytes(self, shape: TokenShape) -> EqualBytes:
+        """From now on keep, per stream, as many tokens as fit the retained bytes of a method keeping
+        K/V only at the configured token budget (`Budgets.at_equal_bytes`; `eval.budget_axis:
+        bytes`). -> the per-token costs used."""
+        costs = EqualBytes(shape.token_bytes().total, self.token_bytes(shape).total)
+        self.template = self.budgets = self.template.at_equal_bytes(costs)
+        return costs

@@ -6,6 +6,7 @@ from __future__ import annotations
 from omnimem_train.config.schema import source_of
 from omnimem_train.errors import ConfigError
 from omnimem_train.memory.budgets import budgets_from_config, read_budget_file
+from omnimem_train.memory.layer_memory import TokenShape
 from omnimem_train.memory.policies.frame_drop import FrameDropPolicy
 from omnimem_train.memory.policies.full import FullMemory
 from omnimem_train.memory.policies.scored import ScoredPolicy
@@ -52,15 +53,24 @@ def check_memory(cfg) -> None:
         read_budget_file(cfg.budget_file, None, where=source_of(cfg, "budget_file", "memory.budget_file"))
 
 
-def build_policy(cfg, n_layers: int) -> MemoryPolicy:
-    """cfg: `MemoryConfig`; n_layers: decoder layers (budget files are checked against it)."""
+def build_policy(cfg, n_layers: int, equal_bytes: TokenShape | None = None) -> MemoryPolicy:
+    """cfg: `MemoryConfig`; n_layers: decoder layers (budget files are checked against it).
+    equal_bytes: the model's `TokenShape` to size the budget at equal retained bytes instead of equal
+    tokens (`BudgetedPolicy.at_equal_bytes`; needs memory.budget or memory.budget_fraction)."""
     check_memory(cfg)
     if cfg.scorer == "full":
         return FullMemory()
     budgets = budgets_from_config(cfg, n_layers)
     if cfg.scorer == "frame_drop":
-        return FrameDropPolicy(budgets)
-    return ScoredPolicy(build_scorer(cfg.scorer, cfg), budgets)
+        policy = FrameDropPolicy(budgets)
+    else:
+        policy = ScoredPolicy(build_scorer(cfg.scorer, cfg), budgets)
+    if equal_bytes is not None:
+        if cfg.budget is None and cfg.budget_fraction is None:
+            raise ConfigError("eval.budget_axis: bytes needs a token budget to convert (memory.budget or "
+                              "memory.budget_fraction)")
+        policy.at_equal_bytes(equal_bytes)
+    return policy
 
 
 def make_policy(scorer: str, n_layers: int, **memory_fields) -> MemoryPolicy:

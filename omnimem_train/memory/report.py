@@ -3,6 +3,11 @@
 With `memory.per_head` the token counts are per KV head (every head keeps the same count of each
 modality, possibly different tokens); bytes count what is held for all heads, the per-head
 bookkeeping included.
+
+Terms, as every table and plot of the project uses them: KV = the retained keys and values; extra
+state = everything else kept per retained token (the policy's state, e.g. OmniMem's hidden states and
+running attention, and the engine's bookkeeping: positions, modality, stream index); total = KV +
+extra state, what a method must hold to go on.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class MemoryReport:
 
     @property
     def total_bytes(self) -> int:
+        """KV + extra state (the policy's per-token state and the bookkeeping), all layers."""
         return sum(layer.kv_bytes + layer.extra_bytes + layer.meta_bytes for layer in self.layers)
 
     def mean(self, field: str) -> float:
@@ -48,7 +54,8 @@ class MemoryReport:
         return (
             f"memory: {self.tokens_seen} stream tokens seen; retained per layer (mean over {len(self.layers)}): "
             f"text {self.mean('text'):.0f}, visual {self.mean('visual'):.0f}, audio {self.mean('audio'):.0f}; "
-            f"KV {_mib(self.kv_bytes)}, other state {_mib(self.total_bytes - self.kv_bytes)}"
+            f"KV {_mib(self.kv_bytes)} + extra state {_mib(self.total_bytes - self.kv_bytes)} "
+            f"= total {_mib(self.total_bytes)}"
         )
 
     def to_dict(self) -> dict:

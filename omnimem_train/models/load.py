@@ -4,9 +4,11 @@ Before any weight is touched the directory's `config.json` is checked (a JSON ob
 `model_type`, and the sub-configs and sizes the model needs: a missing one would silently become a
 7B-sized default), and its weights must be safetensors: pickled `pytorch_model.bin` files are
 refused (unpickling can run code), with the command that converts them. The built-in SmolLM2's GGUF
-file is allowed (not a pickle). Every safetensors header is read first, so a truncated or corrupt
-file fails naming it. Tokenizer and processor settings come from the same directory with
-`local_files_only=True` (no hub access). `trust_remote_code` stays off unless the caller passes it.
+file is allowed (not a pickle): it is de-quantized once into a cached safetensors folder
+(`models/gguf_cache.py`) that later loads read. Every safetensors header is read first, so a
+truncated or corrupt file fails naming it. Tokenizer and processor settings come from the same
+directory with `local_files_only=True` (no hub access). `trust_remote_code` stays off unless the
+caller passes it.
 
 Loading is strict: transformers' load report must show no weight of the model class left unfilled
 (it would keep its random initialisation), no checkpoint tensor left unread and no tensor of the
@@ -89,7 +91,7 @@ def load_adapter(model_name_or_path: str, dtype: str = "float32", device: str = 
         elif model_type in VSALMONN_TYPES + VSALMONN_RELEASE_TYPES:
             adapter = _load_vsalmonn(source, kw, name=model_name_or_path)
         elif gguf:
-            adapter = _load_text(source, dict(kw, gguf_file=gguf), name=model_name_or_path)
+            adapter = _load_gguf(path, gguf, kw, name=model_name_or_path)
         else:  # a known text LM, or (trust_remote_code) whatever the folder's own code defines
             adapter = _load_text(source, kw, name=model_name_or_path)
     except ModelError:
@@ -330,6 +332,45 @@ def _load_text(source: str, kw: dict, name: str) -> ModelAdapter:
     adapter = TextLMAdapter(model, tok, name=name)
     adapter.model_dir = source
     return adapter
+
+
+def _dequantize_gguf(source: str, gguf: str, kw: dict) -> tuple:
+    """(model, tokenizer) read from the GGUF file `source/gguf`, every tensor de-quantized to float32
+    (SmolLM2-135M: ~15 s on a CPU, most of it parsing the file; `_load_gguf` caches the result)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = _strict_from_pretrained(AutoModelForCausalLM.from_pretrained, source,
+                                    **dict(kw, dtype=torch.float32, gguf_file=gguf))
+    tok = AutoTokenizer.from_pretrained(source, local_files_only=True, gguf_file=gguf,
+                                        trust_remote_code=kw["trust_remote_code"])
+    return model, tok
+
+
+def _load_gguf(path: Path, gguf: str, kw: dict, name: str) -> ModelAdapter:
+    """A text LM from the GGUF file `path/gguf`, through its cached de-quantized folder: built on the
+    first load (and when the file, the libraries or the cached files changed), read on later ones.
+    Where the cache cannot be written, the de-quantized model is used as it is."""
+    import sys
+
+    from omnimem_train.models import gguf_cache
+    from omnimem_train.models.text_lm import TextLMAdapter
+
+    entry = gguf_cache.entry_dir(path / gguf)
+    source = gguf_cache.fingerprint(path / gguf)
+    why = gguf_cache.problem(entry, source)
+    if why is not None:
+        print(f"note: {gguf}: de-quantizing into the cache {entry}" + ("" if why == gguf_cache.ABSENT else
+              f" again ({why})") + "; later loads read it", file=sys.stderr)
+        model, tok = _dequantize_gguf(str(path), gguf, kw)
+        try:
+            gguf_cache.write(entry, source, model, tok)
+        except OSError as e:
+            print(f"note: {entry}: cannot cache the de-quantized weights ({first_line(e)}); set "
+                  f"{gguf_cache.CACHE_ENV} to a writable folder to load faster next time", file=sys.stderr)
+            adapter = TextLMAdapter(model.to(kw["dtype"]), tok, name=name)
+            adapter.model_dir = str(path)
+            return adapter
+    return _load_text(str(entry), dict(kw, use_safetensors=True), name=name)
 
 
 def _preprocessor_config(source: str) -> dict:

@@ -293,5 +293,32 @@ def shutdown_distributed() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        dist.barrier()  # every rank has mapped its peers' buffers: they may be unlinked now
+        remove_shm_buffer()
         dist.destroy_process_group()
+
+
+SHM_DIR = Path("/dev/shm")
+
+
+def shm_buffer_path(env: dict[str, str] | None = None) -> Path | None:
+    """This rank's DeepSpeed CPU all-reduce buffer (`deepspeed/ops/csrc/cpu/comm/shm.cpp`:
+    deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<RANK>), None without a world."""
+    env = os.environ if env is None else env
+    if not all(env.get(k) for k in ("MASTER_ADDR", "MASTER_PORT", "RANK")):
+        return None
+    return SHM_DIR / f"deepspeed_allreduce_buffer_{os.getuid()}_{env['MASTER_ADDR']}_{env['MASTER_PORT']}_{env['RANK']}"
+
+
+def remove_shm_buffer(env: dict[str, str] | None = None) -> bool:
+    """Unlink this rank's all-reduce buffer. DeepSpeed creates it (67 MB per rank, in RAM) and never
+    unlinks it, so every finished run would leave it in /dev/shm for good; the mappings stay valid
+    until the process ends. -> whether a file was removed."""
+    path = shm_buffer_path(env)
+    if path is None:
+        return False
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True

@@ -152,6 +152,18 @@ def _claim_output_dir(cfg, overwrite: bool) -> str | None:
     return resume
 
 
+def _show_progress(trainer) -> None:
+    """Training steps through `utils.progress` (plain lines outside a terminal): transformers' own bar
+    only redraws one line with `\\r`, unreadable in a log file, so it is replaced, log records included."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from omnimem_train.utils.progress import training_progress
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(training_progress())
+
+
 def run_training(cfg, overwrite: bool = False):
     """Train per `cfg`; returns the Trainer (its state has the log history). `overwrite`: delete an
     earlier run in `output_dir` (only a folder this tool marked as a run) instead of refusing it."""
@@ -191,6 +203,7 @@ def run_training(cfg, overwrite: bool = False):
         trainer = StreamingTrainer(model=objective, args=args, train_dataset=to_dataset(samples),
                                    data_collator=partial(collate, answer_format=cfg.generation.answer_format),
                                    callbacks=[JsonlMetrics()], run_cfg=cfg)
+        _show_progress(trainer)
         if trainer.is_world_process_zero():
             print(trainable_summary(objective.inner), flush=True)
             mark_run_dir(cfg.output_dir)

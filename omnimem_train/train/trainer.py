@@ -133,9 +133,25 @@ class StreamingTrainer(Trainer):
         if isinstance(inner, PeftModel):
             set_peft_model_state_dict(inner, load_file(os.path.join(resume_from_checkpoint, "adapter_model.safetensors")))
         else:
-            from transformers.modeling_utils import load_sharded_checkpoint
+            load_full_weights(inner, resume_from_checkpoint)
 
-            load_sharded_checkpoint(inner, resume_from_checkpoint, strict=False)
+
+def load_full_weights(model, folder) -> None:
+    """Put a full-weights checkpoint (`save_pretrained`'s files in `folder`) into `model`, strictly.
+
+    The checkpoint is read by the loader every model goes through (`models.load`: transformers'
+    key conversions and tied weights, then a strict check of the load report) into a second copy,
+    whose weights are copied in place: the optimizer keeps referring to `model`'s parameters.
+    """
+    from omnimem_train.errors import ConfigError, ModelError
+    from omnimem_train.models.load import _strict_from_pretrained
+
+    try:
+        loaded = _strict_from_pretrained(type(model).from_pretrained, str(folder), dtype=model.dtype)
+        model.load_state_dict(loaded.state_dict(), strict=True)
+    except (ModelError, RuntimeError) as e:
+        raise ConfigError(f"resume_from_checkpoint: {folder}: the checkpoint does not fit the model: "
+                          f"{str(e).splitlines()[0]}") from e
 
 
 class JsonlMetrics(TrainerCallback):

@@ -73,17 +73,40 @@ def test_generate_train_evaluate_then_reuse(tmp_path):
     assert "training-free" in out.getvalue() and "tune (exported)" in out.getvalue()
     assert "control (exported)" in out.getvalue() and "changed answers" in out.getvalue()
     assert set(record["times"]) == {"testbed_s", "train_s", "eval_s", "tune_s", "control_s", "total_s"}
+    # the job ends on the result table, where the plots and summaries are, and what the numbers mean
+    ending = out.getvalue()[out.getvalue().rindex("= result ="):]
+    assert ending.splitlines()[1].startswith("cell ") and "tune - free [95% CI]" in ending
+    assert f"plot:        {tmp_path / 'eval' / 'accuracy_vs_budget.png'}" in ending
+    assert f"{tmp_path / 'eval' / 'summary.md'}" in ending
+    assert f"{tmp_path / 'eval' / 'tuned' / 'accuracy_vs_budget.png'}" in ending
+    assert f"{tmp_path / 'eval' / 'tuned' / 'summary.md'}" in ending and "meaning:" in ending
+    assert "OmniMem at 1/16 of each clip's audio+visual tokens (omnimem-f0.0625-calibrated)" in ending
+    assert "wall time:" in ending and "(reused)" not in ending
+    # pipeline.json: the latest run at the top level, every run in "runs"
+    assert len(record["runs"]) == 1 and record["runs"][0]["times"] == record["times"]
+    assert set(record["runs"][0]) >= {"date", "commit", "times", "reused", "cells_evaluated"}
+    assert not any(record["reused"].values()) and record["cells_evaluated"]["eval"] == 7
 
     weights = (tmp_path / "base" / "model.safetensors").stat().st_mtime_ns
     out2 = io.StringIO()
     again = run_pipeline(_cfg(tmp_path), out=out2)
     assert "base model: reusing" in out2.getvalue() and "tune: reusing" in out2.getvalue()
     assert "control: reusing" in out2.getvalue()
+    history = json.loads((tmp_path / "eval" / "pipeline.json").read_text())
+    assert [r["times"] for r in history["runs"]] == [record["times"], history["times"]]  # the measured run is kept
+    assert all(history["reused"].values()) and history["cells_evaluated"] == {"eval": 0, "tune_eval": 0,
+                                                                             "control_eval": 0}
+    wall = out2.getvalue()[out2.getvalue().rindex("wall time:"):].splitlines()[0]
+    assert wall.count("(reused)") == 5 and "total" in wall and "record:" in out2.getvalue()  # all but the total
     # a calibrated profile measured again since (newer than the tuned adapter): the tuning is stale
     os.utime(profile)
     out3 = io.StringIO()
     run_pipeline(_cfg(tmp_path), out=out3)
     assert "tune: LoRA on the base model" in out3.getvalue() and "control: reusing" in out3.getvalue()
+    third = json.loads((tmp_path / "eval" / "pipeline.json").read_text())
+    assert len(third["runs"]) == 3 and third["runs"][0]["times"] == record["times"]
+    assert (third["reused"]["testbed"], third["reused"]["tune"], third["reused"]["control"]) == (True, False, True)
+    assert third["cells_evaluated"]["eval"] == 2  # the calibrated cells: they read the profile
     assert (tmp_path / "base" / "model.safetensors").stat().st_mtime_ns == weights
     assert [c["accuracy"] for c in again["cells"]] == [c["accuracy"] for c in summary["cells"]]
 
@@ -322,3 +345,91 @@ def test_side_by_side_pairs_the_clips_and_says_why_when_nothing_changed():
                                {r["cell"]: p for r, p in before}, {r["cell"]: p for r, p in better})
     row = next(line for line in text.splitlines() if line.startswith("omnimem"))
     assert "+0.500" in row and "4 of 8" in row and f"changed no answer in full, {name}" not in text
+
+
+def _summary(free: dict, tuned: dict | None = None, n_tuned: str = "tune") -> dict:
+    """A pipeline summary from {cell name: [correct per clip]} (the grid's cell names), with the grid's
+    paired comparisons, and (given `tuned`) the tuned evaluation of some of those cells."""
+    from omnimem_train.eval.grid import comparison_pairs
+    from omnimem_train.eval.paired import compare_cells
+
+    def rows_preds(cells):
+        rows, preds = [], {}
+        for name, correct in cells.items():
+            parts = name.split("-")
+            full = parts[0] == "full"
+            rows.append({"cell": name, "scorer": parts[0], "budget": None,
+                         "budget_fraction": None if full else float(parts[1][1:]),
+                         "allocation": None if full else parts[2], "accuracy": sum(correct) / len(correct),
+                         "ci": [0.0, 1.0], "n": len(correct)})
+            preds[name] = [{"id": f"c{i}", "choice": "A" if ok else "B", "correct": ok} for i, ok in enumerate(correct)]
+        return rows, preds
+
+    rows, preds = rows_preds(free)
+    summary = {"cells": rows, "predictions": preds, "plot": "eval/accuracy_vs_budget.png",
+               "comparisons": compare_cells(preds, comparison_pairs(rows))}
+    if tuned is not None:
+        t_rows, t_preds = rows_preds(tuned)
+        summary[n_tuned] = {"cells": t_rows, "predictions": t_preds, "plot": "eval/tuned/accuracy_vs_budget.png"}
+    return summary
+
+
+def test_the_ending_says_what_the_numbers_mean(tmp_path):
+    """The sentences are computed from the results: a loss to a baseline is named, a tuning whose paired
+    CI includes 0 says so and why that can happen, a tuning that changed no answer says it is equal by
+    construction, and claims are made only where the paired CI excludes 0."""
+    from omnimem_train.commands.pipeline import explain, format_ending, format_results
+
+    n = 40
+    method, base = "omnimem-f0.0625-calibrated", "value_norm-f0.0625-calibrated"
+    free = {"full": [True] * n, method: [True] * 20 + [False] * 20, base: [True] * 36 + [False] * 4,
+            "snapkv.per_head-f0.0625-calibrated": [True] * 21 + [False] * 19}
+    # tuning flips 2 of OmniMem's answers each way (no measurable change) and costs full memory 12
+    tuned = {"full": [True] * 28 + [False] * 12, method: [False, False] + [True] * 18 + [True, True] + [False] * 18}
+    summary = _summary(free, tuned)
+    says = explain(summary, ["tune"], {"tune": 300})
+    text = " ".join(says)
+    assert f"OmniMem at 1/16 of each clip's audio+visual tokens ({method}) scores 0.500 where full memory " \
+           "scores 1.000: it loses accuracy to full memory, -0.500" in text
+    assert f"OmniMem loses to {base} (-0.400" in text and "that method keeps" in text
+    assert "No significant difference from snapkv.per_head-f0.0625-calibrated (the paired CIs include 0)" in text
+    assert "tune did not change OmniMem measurably: +0.000 [" in text and "includes 0 (4 of 40 answers changed" in text
+    assert "300 steps" in text and "40 clips cannot resolve a difference" in text
+    assert "tune lowered full memory by -0.300" in text and "not for the full context" in text
+    assert "beats" not in text
+
+    table = format_results(summary, ["tune"])
+    row = next(line for line in table.splitlines() if line.startswith(method))
+    assert "0.500" in row and "+0.000 [" in row
+    assert next(line for line in table.splitlines() if line.startswith(base)).split()[1] == "0.900"
+
+    # nothing changed: equal by construction, not "no significant difference"
+    same = explain(_summary(free, {"full": free["full"], method: free[method]}), ["tune"], {"tune": 2})
+    assert any("tune changed none of the answers of full memory or OmniMem (40 clips)" in s and "in 2 steps" in s
+               for s in same)
+    # a gain whose CI excludes 0 is called one
+    gain = explain(_summary(free, {method: [True] * 36 + [False] * 4}), ["tune"], {"tune": 300})
+    assert any(s.startswith("tune raised OmniMem by +0.400 [") for s in gain)
+
+    ending = format_ending(summary, ["tune"], {"tune": 300}, {"eval_s": 2.0, "tune_s": 3.0, "total_s": 5.0},
+                           {"eval": True, "tune": False}, tmp_path / "pipeline.json", 2, "eval")
+    assert "plot:        eval/accuracy_vs_budget.png" in ending and "eval/summary.md" in ending
+    assert "tune:        eval/tuned/accuracy_vs_budget.png, eval/tuned/summary.md" in ending
+    assert "wall time:   eval 2 s (reused), tune 3 s, total 5 s" in ending and "(run 2;" in ending
+
+
+def test_an_older_pipeline_record_becomes_the_first_run(tmp_path):
+    """A pipeline.json written before the history was kept (one run, no "runs") is kept as the first
+    run, not overwritten by the next (a reuse run's seconds would replace the measured ones)."""
+    from omnimem_train.commands.pipeline import _read_runs
+
+    path = tmp_path / "pipeline.json"
+    assert _read_runs(path) == []
+    path.write_text(json.dumps({"times": {"eval_s": 4724.0, "total_s": 4724.0}, "base_model": "m"}))
+    runs = _read_runs(path)
+    assert len(runs) == 1 and runs[0]["times"] == {"eval_s": 4724.0, "total_s": 4724.0}
+    assert runs[0]["commit"] is None and runs[0]["date"]
+    path.write_text(json.dumps({"times": {}, "runs": [{"times": {"total_s": 1.0}}, "junk"]}))
+    assert _read_runs(path) == [{"times": {"total_s": 1.0}}]
+    path.write_text("{not json")
+    assert _read_runs(path) == []

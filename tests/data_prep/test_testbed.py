@@ -7,8 +7,8 @@ import pytest
 
 from data_prep.testbed import (
     AUDIO_TOKENS_PER_S,
-    DEPTHS,
     COLOURS,
+    DEPTHS,
     QUESTION_TYPES,
     TestbedSpec,
     generate_sample,

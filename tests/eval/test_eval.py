@@ -238,8 +238,8 @@ def test_markdown_summary_has_one_row_per_cell_and_per_type_columns():
          "ci": [0.05, 0.7], "n": 4, "kv_bytes_mean": 1024, "total_bytes_mean": 3072, "per_type": {"a": {"accuracy": 0.5}}},
     ]
     lines = format_markdown(rows).strip().splitlines()
-    assert lines[0] == "| scorer | budget | allocation | accuracy [95% CI] | a | b | n | KV MiB | state MiB |"
-    assert lines[2] == "| full | - | - | 0.500 [0.300, 0.700] | 1.00 | 0.00 | 4 | 1.000 | 2.000 |"
+    assert lines[0] == "| scorer | budget | allocation | accuracy [95% CI] | a | b | n | kept | KV MiB | total MiB |"
+    assert lines[2] == "| full | - | - | 0.500 [0.300, 0.700] | 1.00 | 0.00 | 4 | - | 1.000 | 2.000 |"
     assert lines[3].startswith("| omnimem | 0.0625x | uniform | 0.250 [0.050, 0.700] | 0.50 | - | 4 |")
     assert len(lines) == 4
 

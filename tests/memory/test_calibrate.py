@@ -259,16 +259,16 @@ def test_calibrate_cli_end_to_end(tmp_path, capsys):
     assert code == 0, err
     path = tmp_path / "budgets.json"
     layers = read_budget_file(path, 4)
-    assert sum(a + v for a, v in layers) == 2048
+    assert sum(a + v for a, v in layers) == 512
     data = json.loads(path.read_text())
-    assert (data["total"], data["temperature"], data["rho"], data["samples"]) == (2048, 0.2, 5.0, 2)
+    assert (data["total"], data["temperature"], data["rho"], data["samples"]) == (512, 0.2, 5.0, 2)
     assert len(data["stats"]) == 4 and data["model"] == "builtin:tiny-omni"
     png = (tmp_path / "budgets.png").read_bytes()
     assert len(png) > 1000 and png[:4] == b"\x89PNG"
     assert (tmp_path / "config.yaml").exists()
     table = out.splitlines()
     assert table[0].split()[:2] == ["layer", "E_aud"] and table[5].split()[0] == "sum"
-    assert table[5].split()[-1] == "2048" and str(path) in out
+    assert table[5].split()[-1] == "512" and str(path) in out
     # the file drives streaming as memory.budget_file
     policy = make_policy("omnimem", 4, budget_file=str(path))
     assert [(lim.audio, lim.visual) for lim in policy.budgets.static_limits()] == list(layers)

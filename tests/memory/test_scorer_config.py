@@ -8,8 +8,9 @@ from omnimem_train.memory.registry import build_scorer, scorer_names
 
 
 def test_every_scorer_takes_its_hyper_parameters_from_the_config():
-    cfg = MemoryConfig(lam=0.3, query_block=7, window=9, sink_tokens=2, seed=5)
-    expected = {"omnimem": {"lam": 0.3, "query_block": 7}, "novelty": {"lam": 0.0, "query_block": 7},
+    cfg = MemoryConfig(lam=0.3, query_block=7, window=9, sink_tokens=2, seed=5, sketch_dim=4, sketch_dtype="float16")
+    sketch = {"sketch_dim": 4, "sketch_dtype": "float16"}
+    expected = {"omnimem": {"lam": 0.3, "query_block": 7, **sketch}, "novelty": {"lam": 0.0, "query_block": 7, **sketch},
                 "h2o": {"query_block": 7}, "snapkv": {"window": 9, "kernel": 5}, "recency": {"sink_tokens": 2},
                 "random": {"seed": 5}, "key_norm": {}, "value_norm": {}, "keydiff": {}}
     assert set(expected) == set(scorer_names())

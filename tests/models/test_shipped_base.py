@@ -54,3 +54,20 @@ def test_answers_unseen_test_clips_with_full_memory(test_clips, tmp_path):
     full = run_eval(cfg)["cells"][0]
     assert full["cell"] == "full" and full["n"] == 8
     assert full["correct"] >= 7  # chance is 2 of 8
+
+
+def test_long_base_weights_are_the_recorded_ones_and_load_strictly():
+    from omnimem_train.models.builtin import build_tiny_model
+    from omnimem_train.models.load import load_adapter
+
+    long_base = Path("assets/testbed-long-base")
+    sha = "ab745b588fefe07a27524c7bea5e1738b42c7ea234e2ab34969707e665b68798"
+    assert hashlib.sha256((long_base / "model.safetensors").read_bytes()).hexdigest() == sha
+    assert sha in (long_base / "TRAINED.md").read_text()
+    adapter = load_adapter(str(long_base), "float32", "cpu", "sdpa", False)
+    reference, _ = build_tiny_model("testbed-omni")
+    shipped = adapter.model.state_dict()
+    assert {k: v.shape for k, v in shipped.items()} == {k: v.shape for k, v in reference.state_dict().items()}
+    # trained on from the 4-s base: not the same weights
+    base = load_adapter(str(BASE), "float32", "cpu", "sdpa", False).model.state_dict()
+    assert any((shipped[k] - base[k]).abs().max() > 0 for k in shipped)

@@ -34,11 +34,17 @@ def _launch_cmd(tiny_manifest, out, zero, *extra) -> list[str]:
 
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
 def test_two_process_launch_trains_lora(tiny_manifest, tmp_path, zero):
+    from omnimem_train.train.deepspeed import shm_buffer_path
+
     out = tmp_path / zero
-    run = subprocess.run(_launch_cmd(tiny_manifest, out, zero), cwd=ROOT, env=_launch_env(tmp_path),
+    env = _launch_env(tmp_path)
+    buffers = [shm_buffer_path({**env, "MASTER_ADDR": "127.0.0.1", "RANK": str(r)}) for r in (0, 1)]
+    run = subprocess.run(_launch_cmd(tiny_manifest, out, zero), cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-3000:]
+    # DeepSpeed's CPU all-reduce buffers (67 MB of RAM per rank in /dev/shm) are not left behind
+    assert not any(p.exists() for p in buffers), buffers
     assert "--num_gpus 2" in log  # the printed launcher command: 2 processes
     metrics = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [m["loss"] for m in metrics if "loss" in m]

@@ -189,3 +189,38 @@ def test_lora_init_does_not_depend_on_whether_the_builtin_model_was_built(tmp_pa
     states = [{k: v.clone() for k, v in build_objective(cfg)[0].inner.state_dict().items() if "lora_A" in k}
               for _ in ("built", "loaded")]
     assert states[0] and all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_full_finetuning_resume_continues_exactly(tiny_manifest, tmp_path):
+    # finetuning_type full saves whole weights (not an adapter): the resume loads them strictly
+    full = ["finetuning_type=full", "save_steps=2", "learning_rate=1e-3"]
+    straight = run_training(_cfg(tiny_manifest, tmp_path / "a", "max_steps=4", *full))
+    run_training(_cfg(tiny_manifest, tmp_path / "b", "max_steps=2", *full))  # stop half way
+    resumed = run_training(_cfg(tiny_manifest, tmp_path / "b", "max_steps=4", *full,
+                                f"resume_from_checkpoint={tmp_path / 'b' / 'checkpoint-2'}"))
+    assert resumed.state.global_step == straight.state.global_step == 4
+    a, b = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("a", "b"))
+    assert a.keys() == b.keys()
+    moved = load_file(str(tmp_path / "b" / "checkpoint-2" / "model.safetensors"))
+    assert any((a[k] - moved[k]).abs().max() > 0 for k in a)  # steps 3-4 changed weights
+    for k in a:
+        assert (a[k] - b[k]).abs().max().item() <= 1e-6, k
+
+
+def test_full_weights_resume_refuses_a_checkpoint_of_another_model(tmp_path):
+    from safetensors.torch import save_file
+
+    from omnimem_train.errors import ConfigError
+    from omnimem_train.train.trainer import load_full_weights
+
+    model, _ = build_tiny_model("tiny-omni")
+    model.save_pretrained(tmp_path)
+    load_full_weights(model, tmp_path)  # its own checkpoint fits
+    state = load_file(str(tmp_path / "model.safetensors"))
+    name = next(k for k in state if ".layers.0." in k)
+    save_file({k: v for k, v in state.items() if k != name}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ConfigError, match="does not fit the model.*missing"):
+        load_full_weights(model, tmp_path)
+    save_file({**state, "extra.weight": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ConfigError, match="does not fit the model.*unexpected"):
+        load_full_weights(model, tmp_path)

@@ -26,7 +26,7 @@ class FrameDropPolicy(BudgetedPolicy):
 
     def expect(self, tokens: dict[Modality, int]) -> None:
         super().expect(tokens)
-        self.expected = dict(tokens)
+        self.expected = {m: int(tokens.get(m, 0)) for m in _MEDIA}  # exact counts also carry text
 
     def update(self, ctx):
         return ctx.cand

@@ -19,6 +19,10 @@ class ScoredPolicy(BudgetedPolicy):
         self.scorer = scorer
         self.name = scorer.name
 
+    @property
+    def per_head(self) -> bool:
+        return self.scorer.per_head
+
     def new_token_extras(self, hidden_new):
         return self.scorer.new_token_extras(hidden_new)
 
@@ -49,6 +53,10 @@ class ScoredPolicy(BudgetedPolicy):
             size = f"{sizes.pop()}/layer" if len(sizes) == 1 else "per-layer file"
         elif b.keep_fraction is not None:
             size = f"keep {b.keep_fraction:.0%}"
+        elif b.size is not None:
+            size = f"{b.size}/layer"
         else:
             size = "unlimited"
+        if b.equal_bytes is not None:
+            size += f" at equal bytes ({b.equal_bytes.method} vs {b.equal_bytes.reference} bytes/token)"
         return f"{self.scorer.describe()}, {size}, modality-{kind}" + (", per KV head" if self.scorer.per_head else "")
