@@ -19,7 +19,10 @@ def pytest_configure(config):
     # 2-core machine is shared (two busy threads per process were seen to slow tests ~100x).
     import torch
 
+    from omnimem_train.utils.warnings import install_filters
+
     torch.set_num_threads(1)
+    install_filters()  # as the command line does: the known harmless warnings stay out of the report
 
 
 def _session_dirs(tmp_path_factory) -> dict[str, str]:

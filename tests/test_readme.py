@@ -52,6 +52,8 @@ SKIP = {
         "the full measurement, about an hour on 2 cores (docs/testbed.md); its config is resolved",
     ".venv/bin/omnimem-train pipeline recipes/testbed/pipeline_full.yaml train_base=true":
         "the full measurement plus 30 min of base training; its config is resolved",
+    ".venv/bin/omnimem-train pipeline recipes/testbed/pipeline_long.yaml":
+        "the long-stream grid, about 40 min on 2 cores (docs/testbed.md); its config is resolved",
 }
 
 # Commands run with these arguments appended (later key=value / flags win): the same code paths on

@@ -25,6 +25,9 @@ KNOWN_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
      "instead.", FutureWarning, "torch.distributed.c10d_logger"),
     ("`torch.distributed.reduce_scatter_tensor` is deprecated. Please use "
      "`torch.distributed.reduce_scatter_single` instead.", FutureWarning, "torch.distributed.c10d_logger"),
+    # PEFT asks the base model whether it checkpoints through the attribute transformers renamed.
+    ("`is_gradient_checkpointing` is deprecated and will be removed in v6. Use `is_activation_checkpointing` "
+     "instead.", FutureWarning, "transformers.modeling_utils"),
 )
 
 # logger name -> exact messages (`record.getMessage()`) dropped from that logger.
