@@ -40,6 +40,22 @@ def _omnimem_session_dirs(tmp_path_factory):
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_leaked_shm_buffers():
+    """DeepSpeed's CPU all-reduce buffers (67 MB of RAM each in /dev/shm) of launches the tests kill
+    on purpose cannot be unlinked by their ranks (`train.deepspeed.remove_shm_buffer`): remove the
+    ones this session created."""
+    from pathlib import Path
+
+    shm = Path("/dev/shm")
+    pattern = "deepspeed_allreduce_buffer_*"
+    before = set(shm.glob(pattern)) if shm.is_dir() else set()
+    yield
+    if shm.is_dir():
+        for path in set(shm.glob(pattern)) - before:
+            path.unlink(missing_ok=True)
+
+
 @pytest.fixture(autouse=True)
 def _omnimem_home(tmp_path_factory, monkeypatch):
     """Built-in models are saved under one session folder, never the checkout's checkpoints/;
