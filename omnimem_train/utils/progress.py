@@ -2,7 +2,7 @@
 export verification): done/total, a rate and an ETA.
 
 In a terminal it is a tqdm bar. Anywhere else (a log file, CI, captured output) a bar's `\\r`
-redraws would pile up on one line, so it becomes plain lines, at most one per interval (15 s;
+redraws would pile up on one line, so it becomes plain lines, at most one per interval (10 s;
 `OMNIMEM_PROGRESS_INTERVAL` seconds when set), plus a closing line when the phase ends:
 
     eval omnimem-f0.0625-calibrated: sample 120/300, 3.4 samples/s, ETA 53 s
@@ -25,7 +25,7 @@ from tqdm import tqdm
 from omnimem_train.errors import ConfigError
 
 INTERVAL_ENV = "OMNIMEM_PROGRESS_INTERVAL"
-DEFAULT_INTERVAL = 15.0
+DEFAULT_INTERVAL = 10.0  # a log is never silent for 15 s (the first line also waits out one interval)
 
 
 def line_interval() -> float:

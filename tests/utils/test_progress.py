@@ -96,7 +96,7 @@ def test_an_error_leaves_no_closing_line(clock):
 
 def test_the_interval_comes_from_the_environment(monkeypatch, clock):
     monkeypatch.delenv(INTERVAL_ENV, raising=False)
-    assert line_interval() == 15.0
+    assert line_interval() == 10.0
     monkeypatch.setenv(INTERVAL_ENV, "2.5")
     assert line_interval() == 2.5
     lines = _run(clock).splitlines()  # 1 s per item: a line every third item, then the closing one
