@@ -146,7 +146,14 @@ def cmd_train(args) -> int:
     trainer = run_training(cfg, overwrite=args.overwrite)
     if trainer.is_world_process_zero():
         print(f"saved: {cfg.output_dir} (metrics: {cfg.output_dir}/metrics.jsonl)")
-    shutdown_distributed()
+    if shutdown_distributed() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A rank of a launched run is done: everything is saved and the group is torn down. Leaving
+        # through interpreter shutdown can still destroy a joinable gloo/shm worker thread
+        # ("terminate called without an active exception", SIGABRT) and the launcher then reports
+        # the finished run as failed, so the rank exits at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

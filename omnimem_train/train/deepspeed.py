@@ -286,16 +286,19 @@ def accelerate_cpu_backend(enabled: bool = True):
         PartialState._prepare_backend = before
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed() -> bool:
     """Tear the process group down before the interpreter exits: left to interpreter shutdown, a
     gloo/shm worker thread can be destroyed while joinable ("terminate called without an active
-    exception", SIGABRT) and the launcher then reports a finished run as failed."""
+    exception", SIGABRT) and the launcher then reports a finished run as failed. -> whether a
+    process group was torn down."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()  # every rank has mapped its peers' buffers: they may be unlinked now
         remove_shm_buffer()
         dist.destroy_process_group()
+        return True
+    return False
 
 
 SHM_DIR = Path("/dev/shm")
