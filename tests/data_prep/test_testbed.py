@@ -1,6 +1,7 @@
 """data_prep.testbed: real clips whose manifest events match the media, balanced 4-option questions."""
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -379,7 +380,7 @@ def test_long_split_clip_lengths_and_token_counts(tmp_path):
     after = read_manifest(tmp_path / "tb" / "test" / "manifest.jsonl")
     assert all("depth" not in s.extra for s in after)
     assert (tmp_path / "tb" / "test" / "clips" / "test_000000.mp4").stat().st_mtime_ns != \
-        before[__import__("pathlib").Path("test/clips/test_000000.mp4")]
+        before[Path("test/clips/test_000000.mp4")]
 
 
 def test_depth_thirds_need_room_for_the_events():

@@ -17,18 +17,6 @@ GRID = ["eval.scorers=[recency]", "eval.budgets=[16]", "eval.budget_fractions=[]
 CELLS = ["full", "recency-16-uniform"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _env(tmp_path_factory):
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model: extra threads only contend with whatever else runs
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMNIMEM_HOME", str(tmp_path_factory.mktemp("omnimem_home")))
-        yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
     return str(make_tiny_qa(tmp_path_factory.mktemp("data"), num=4, seconds=2.0, size=56, split="test"))
