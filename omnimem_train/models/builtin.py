@@ -316,10 +316,14 @@ def _save_atomic(path: Path, model, tok) -> None:
         tok.save_pretrained(tmp)
         if name_is_omni(model) or name_is_vsalmonn(model):
             WhisperFeatureExtractor(feature_size=128).save_pretrained(tmp)
-        if path.exists():  # another process won the race: keep its copy
+        try:
+            tmp.rename(path)
+        except OSError:
+            if not path.is_dir():
+                raise
+            # Another process (e.g. the other rank of a launch) renamed its identical copy first,
+            # between any check and this rename: keep its copy.
             shutil.rmtree(tmp)
-            return
-        tmp.rename(path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
